@@ -1,0 +1,311 @@
+"""Registries of candidates, tasks and modifiers.
+
+A candidate is registered once, by name, and everything else (training, conformance, benchmarks,
+leaderboards) finds it here. Variants are separate names with preset hyperparameters, so a
+leaderboard row is reproducible from its name alone. Third-party packages add candidates and tasks
+through the entry-point groups ``mixer_harness.candidates`` and ``mixer_harness.tasks``: each entry
+point names a module (importing it registers) or a callable (called with no arguments).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+CANDIDATE_ENTRY_POINTS = "mixer_harness.candidates"
+TASK_ENTRY_POINTS = "mixer_harness.tasks"
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate name; the message names the value and what is allowed."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def suggest(name: str, choices: Iterable[str], what: str) -> str:
+    """An error message for an unknown ``name`` that lists the closest known names."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(name, choices, n=4, cutoff=0.5)
+    if not close:
+        close = [c for c in choices if name.lower() in c.lower() or c.lower() in name.lower()][:4]
+    msg = f"unknown {what} {name!r}"
+    if close:
+        msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+    shown = ", ".join(choices[:40]) + (", ..." if len(choices) > 40 else "")
+    return msg + f" (known {what}s: {shown})"
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """What the registry knows of a candidate: its class and the preset hyperparameters of this name."""
+
+    name: str
+    cls: type
+    groups: tuple[str, ...]
+    reference: str
+    preset: dict[str, Any] = field(default_factory=dict)
+    modifier: str | None = None  # set for names built by a modifier, e.g. "gate"
+    base: str | None = None  # the wrapped candidate's name for modifier names
+
+    @property
+    def hparam_defaults(self) -> dict[str, Any]:
+        """Constructor defaults of the class, overlaid with this name's preset."""
+        out = dict(constructor_defaults(self.cls))
+        out.update(self.preset)
+        return out
+
+    def validate_hparams(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Resolved hyperparameters (defaults + preset + overrides); unknown keys are errors."""
+        allowed = self.hparam_defaults
+        for key in overrides:
+            if key not in allowed:
+                raise RegistryError(suggest(key, allowed, f"hyperparameter of candidate {self.name!r}"))
+        resolved = dict(allowed)
+        resolved.update(overrides)
+        return resolved
+
+    def build(self, d_model: int, **overrides: Any):
+        """Instantiate the mixer: ``cls(d_model, **resolved_hparams)``."""
+        hp = self.validate_hparams(overrides)
+        return self.cls(d_model, **hp)
+
+    def source_hash(self) -> str:
+        """Hash of the source files the candidate's behaviour depends on (its module and kernels).
+
+        Part of a run's identity: editing a candidate invalidates its stored results.
+        """
+        return source_hash_of(self.cls)
+
+    @property
+    def needs_cuda(self) -> bool:
+        return bool(getattr(self.cls, "needs_cuda", False))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    cls: type
+    reference: str
+
+    def source_hash(self) -> str:
+        return source_hash_of(self.cls)
+
+
+@dataclass(frozen=True)
+class ModifierSpec:
+    """A wrapper that turns any candidate ``X`` into ``X+<name>`` without registering each pair."""
+
+    name: str
+    wrap: Callable[[CandidateSpec], type]  # returns the wrapped class
+    groups: tuple[str, ...]
+    reference: str
+
+
+_CANDIDATES: dict[str, CandidateSpec] = {}
+_TASKS: dict[str, TaskSpec] = {}
+_MODIFIERS: dict[str, ModifierSpec] = {}
+_GROUP_MEMBERS: dict[str, list[str]] = {}  # explicit group members added by name (e.g. "x+gate")
+_LOADED = False
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """Keyword parameters (with defaults) of ``cls.__init__`` after ``d_model``."""
+    sig = inspect.signature(cls.__init__)
+    out: dict[str, Any] = {}
+    for pname, p in list(sig.parameters.items())[2:]:  # skip self, d_model
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"{cls.__name__}.__init__ parameter {pname!r} needs a default")
+        out[pname] = p.default
+    return out
+
+
+def register_candidate(
+    name: str, groups: Iterable[str] = (), reference: str = "", **preset: Any
+) -> Callable[[type], type]:
+    """Class decorator: register ``cls`` under ``name``; stack it to register variants.
+
+    ``preset`` sets hyperparameters for this name (``deltanet-neg`` = DeltaNet with
+    ``allow_negative=True``). Every preset key must be a constructor parameter.
+    """
+
+    def deco(cls: type) -> type:
+        defaults = constructor_defaults(cls)
+        for key in preset:
+            if key not in defaults:
+                raise RegistryError(suggest(key, defaults, f"hyperparameter of {cls.__name__}"))
+        if "+" in name:
+            raise RegistryError(f"candidate name {name!r} may not contain '+' (reserved for modifiers)")
+        existing = _CANDIDATES.get(name)
+        if existing is not None and qualname(existing.cls) != qualname(cls):
+            raise RegistryError(
+                f"candidate {name!r} is registered twice: by {qualname(existing.cls)} and {qualname(cls)}"
+            )
+        _CANDIDATES[name] = CandidateSpec(name, cls, tuple(groups), reference, dict(preset))
+        return cls
+
+    return deco
+
+
+def register_task(name: str, reference: str = "") -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        existing = _TASKS.get(name)
+        if existing is not None and qualname(existing.cls) != qualname(cls):
+            raise RegistryError(f"task {name!r} is registered twice")
+        cls.name = name
+        _TASKS[name] = TaskSpec(name, cls, reference or getattr(cls, "reference", ""))
+        return cls
+
+    return deco
+
+
+def register_modifier(
+    name: str, groups: Iterable[str] = (), reference: str = ""
+) -> Callable[[Callable[[CandidateSpec], type]], Callable[[CandidateSpec], type]]:
+    """Register a modifier: ``wrap(spec) -> class`` builds the class for ``<spec.name>+<name>``."""
+
+    def deco(fn: Callable[[CandidateSpec], type]) -> Callable[[CandidateSpec], type]:
+        _MODIFIERS[name] = ModifierSpec(name, fn, tuple(groups), reference)
+        return fn
+
+    return deco
+
+
+def add_to_group(group: str, *names: str) -> None:
+    """Put already-resolvable names (including modifier names like ``diagonal+gate``) in a group."""
+    members = _GROUP_MEMBERS.setdefault(group, [])
+    for n in names:
+        if n not in members:
+            members.append(n)
+
+
+def qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_entry_points(group: str) -> None:
+    for ep in metadata.entry_points(group=group):
+        obj = ep.load()
+        if callable(obj) and not inspect.ismodule(obj) and not inspect.isclass(obj):
+            obj()
+
+
+def load_plugins() -> None:
+    """Import the built-in candidates and tasks, then every installed entry point (once)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    importlib.import_module("harness.candidates")
+    importlib.import_module("harness.tasks")
+    _load_entry_points(CANDIDATE_ENTRY_POINTS)
+    _load_entry_points(TASK_ENTRY_POINTS)
+
+
+def candidate_names() -> list[str]:
+    load_plugins()
+    return sorted(_CANDIDATES)
+
+
+def task_names() -> list[str]:
+    load_plugins()
+    return sorted(_TASKS)
+
+
+def modifier_names() -> list[str]:
+    load_plugins()
+    return sorted(_MODIFIERS)
+
+
+def get_candidate(name: str) -> CandidateSpec:
+    """Resolve a candidate name, including ``base+modifier`` names."""
+    load_plugins()
+    if name in _CANDIDATES:
+        return _CANDIDATES[name]
+    if "+" in name:
+        base_name, _, mod_name = name.rpartition("+")
+        if mod_name not in _MODIFIERS:
+            raise RegistryError(suggest(mod_name, _MODIFIERS, f"modifier (in {name!r})"))
+        base = get_candidate(base_name)
+        mod = _MODIFIERS[mod_name]
+        cls = mod.wrap(base)
+        return CandidateSpec(
+            name,
+            cls,
+            tuple(mod.groups),
+            f"{base.reference} + {mod.reference}".strip(" +"),
+            dict(base.preset),
+            modifier=mod_name,
+            base=base.name,
+        )
+    raise RegistryError(suggest(name, list(_CANDIDATES), "candidate"))
+
+
+def get_task(name: str) -> TaskSpec:
+    load_plugins()
+    if name not in _TASKS:
+        raise RegistryError(suggest(name, _TASKS, "task"))
+    return _TASKS[name]
+
+
+def groups() -> dict[str, list[str]]:
+    """Group name -> member candidate names (registered groups plus explicit additions)."""
+    load_plugins()
+    out: dict[str, list[str]] = {}
+    for spec in _CANDIDATES.values():
+        for g in spec.groups:
+            out.setdefault(g, []).append(spec.name)
+    for g, names in _GROUP_MEMBERS.items():
+        bucket = out.setdefault(g, [])
+        bucket.extend(n for n in names if n not in bucket)
+    return {g: sorted(v, key=_group_sort_key) for g, v in sorted(out.items())}
+
+
+def _group_sort_key(name: str) -> tuple[str, int]:
+    base, _, mod = name.partition("+")
+    return (base, 1 if mod else 0)
+
+
+def group_members(group: str) -> list[str]:
+    all_groups = groups()
+    if group == "all":
+        return candidate_names()
+    if group not in all_groups:
+        raise RegistryError(suggest(group, [*all_groups, "all"], "group"))
+    return all_groups[group]
+
+
+_HASH_CACHE: dict[str, str] = {}
+
+
+def source_hash_of(cls: type) -> str:
+    """sha256 (16 hex) over the source of ``cls``'s module and every ``harness.kernels`` module.
+
+    Kernels are included because candidates call them: a kernel fix must invalidate results.
+    """
+    module = inspect.getmodule(cls)
+    key = qualname(cls)
+    if key in _HASH_CACHE:
+        return _HASH_CACHE[key]
+    h = hashlib.sha256()
+    files: list[Path] = []
+    if module is not None and getattr(module, "__file__", None):
+        files.append(Path(module.__file__))
+    import harness.kernels as kernels_pkg
+
+    kernel_dir = Path(kernels_pkg.__file__).parent
+    files.extend(sorted(kernel_dir.glob("*.py")))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    _HASH_CACHE[key] = h.hexdigest()[:16]
+    return _HASH_CACHE[key]

@@ -1,0 +1,96 @@
+"""Tiers fix the backbone and the training protocol; identical for every candidate.
+
+``smoke`` checks plumbing in seconds (no quality claims). ``quick`` is the CPU default, sized for a
+2-core machine (~10 s per (candidate, task) run, one seed, one learning rate validated once for the
+whole suite) yet large enough that known separations appear. ``full`` encodes published protocols
+(sizes, several seeds, a learning-rate sweep) and is meant for GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from harness.registry import RegistryError, suggest
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    d_model: int
+    n_layers: int
+    mlp_ratio: int
+    steps: int
+    batch_size: int
+    lrs: tuple[float, ...]
+    weight_decay: float
+    warmup_frac: float
+    grad_clip: float
+    n_seeds: int
+    n_valid: int
+    n_test: int
+    eval_batch: int
+
+    def with_overrides(self, overrides: dict) -> TierConfig:
+        fields = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in fields:
+                raise RegistryError(suggest(key, fields, "training setting"))
+        values = dict(overrides)
+        if "lrs" in values:
+            values["lrs"] = tuple(values["lrs"])
+        return dataclasses.replace(self, **values)
+
+
+TIERS: dict[str, TierConfig] = {
+    "smoke": TierConfig(
+        d_model=32,
+        n_layers=1,
+        mlp_ratio=2,
+        steps=8,
+        batch_size=8,
+        lrs=(3e-3,),
+        weight_decay=0.0,
+        warmup_frac=0.1,
+        grad_clip=1.0,
+        n_seeds=1,
+        n_valid=32,
+        n_test=32,
+        eval_batch=32,
+    ),
+    "quick": TierConfig(
+        d_model=64,
+        n_layers=2,
+        mlp_ratio=2,
+        steps=600,
+        batch_size=32,
+        lrs=(3e-3,),
+        weight_decay=0.1,
+        warmup_frac=0.05,
+        grad_clip=1.0,
+        n_seeds=1,
+        n_valid=256,
+        n_test=512,
+        eval_batch=256,
+    ),
+    "full": TierConfig(
+        d_model=128,
+        n_layers=2,
+        mlp_ratio=4,
+        steps=20000,
+        batch_size=64,
+        lrs=(1e-4, 3e-4, 1e-3, 3e-3),
+        weight_decay=0.1,
+        warmup_frac=0.05,
+        grad_clip=1.0,
+        n_seeds=3,
+        n_valid=2000,
+        n_test=3000,
+        eval_batch=250,
+    ),
+}
+
+
+def get_tier(name: str) -> TierConfig:
+    if name not in TIERS:
+        raise RegistryError(suggest(name, TIERS, "tier"))
+    return TIERS[name]
