@@ -21,7 +21,7 @@ def elu_feature_map(x: Tensor) -> Tensor:
 
 @register_candidate(
     "linear-attention",
-    groups=("attention", "readout"),
+    groups=("attention",),
     reference="Katharopoulos et al. 2020, Transformers are RNNs (elu+1 feature map)",
 )
 class LinearAttention(Mixer):

@@ -27,7 +27,7 @@ def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
 
 @register_candidate(
     "softmax",
-    groups=("attention", "transitions", "readout", "semiring"),
+    groups=("attention",),
     reference="Vaswani et al. 2017; rotary positions from Su et al. 2021",
 )
 class SoftmaxAttention(Mixer):
