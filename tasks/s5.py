@@ -1,0 +1,105 @@
+"""The S5 word problem (Merrill, Petty & Sabharwal 2024, "The illusion of state in state-space
+models"): track the composition of a stream of permutations of five objects."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from harness.tasks._common import check_int, check_n, check_test_lengths, device_of
+from torch import Tensor
+
+from harness.registry import register_task
+from harness.task import Batch, Task
+
+NAME = "s5"
+
+#: The 120 elements of S5 as tuples ``p`` (``p[i]`` is the image of ``i``), in lexicographic order
+#: of ``itertools.permutations(range(5))``; token ``t`` is ``PERMS[t]``; token 0 is the identity.
+PERMS: tuple[tuple[int, ...], ...] = tuple(itertools.permutations(range(5)))
+N_ELEMENTS = len(PERMS)
+
+
+@cache
+def _then_table() -> Tensor:
+    """``table[a, b]`` = token of "apply ``a``, then ``b``": the permutation ``i -> b[a[i]]``."""
+    index = {p: t for t, p in enumerate(PERMS)}
+    rows = [[index[tuple(pb[pa[i]] for i in range(5))] for pb in PERMS] for pa in PERMS]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def prefix_products(tokens: Tensor) -> Tensor:
+    """``out[:, t]`` = ``tokens[:, 0]`` then ``tokens[:, 1]`` ... then ``tokens[:, t]`` (as tokens).
+
+    Hillis-Steele inclusive scan with the Cayley table: ``ceil(log2 T)`` vectorised table look-ups
+    (composition is associative, so combining blocks of length ``d`` is valid).
+    """
+    table = _then_table().to(tokens.device).flatten()
+    x = tokens
+    T = tokens.shape[1]
+    d = 1
+    while d < T:
+        y = x.clone()
+        y[:, d:] = table[x[:, :-d] * N_ELEMENTS + x[:, d:]]
+        x = y
+        d *= 2
+    return x
+
+
+@register_task(NAME, reference="Merrill et al. 2024, The illusion of state in state-space models (S5)")
+class S5(Task):
+    """The S5 word problem: output the running product of a sequence of permutations of 5 objects.
+
+    Format: vocabulary = the 120 elements of S5; token ``t`` is the ``t``-th tuple of
+    ``itertools.permutations(range(5))`` (lexicographic; token 0 is the identity; ``PERMS`` in this
+    module), where ``p[i]`` is the image of ``i``. Inputs are ``T`` tokens drawn uniformly.
+    Scored: every position. The label at position ``t`` is the prefix product
+    ``s_t = g_0 ; g_1 ; ... ; g_t`` with the left-to-right convention "apply ``g_0`` first":
+    ``s_t[i] = g_t[s_{t-1}[i]]`` (``s_0 = g_0``), encoded as a token of the same 120-element
+    vocabulary. The problem is NC1-complete (Barrington 1989); Merrill et al. show that
+    log-precision transformers and diagonal SSMs (in TC0) cannot solve it at every length unless
+    TC0 = NC1, so accuracy at longer lengths separates true state tracking from shortcuts.
+    Token accuracy: fraction of positions whose running product is correct. Sequence accuracy:
+    fraction of sequences with every running product correct (equivalently, with the final state
+    and all intermediate states tracked).
+    Length axis: train at ``seq_len``; ``generate(length=L)`` makes sequences of exactly ``L``
+    tokens; ``test_lengths`` are longer lengths for extrapolation.
+    """
+
+    reference = "Merrill, Petty & Sabharwal 2024, The illusion of state in state-space models"
+
+    @dataclass(frozen=True)
+    class Config:
+        seq_len: int = 32
+        test_lengths: tuple[int, ...] = (64, 128, 256)
+
+        def __post_init__(self) -> None:
+            check_int(NAME, "seq_len", self.seq_len, 1)
+            object.__setattr__(
+                self, "test_lengths", check_test_lengths(NAME, self.test_lengths, self.seq_len)
+            )
+
+    TIERS = {
+        "smoke": {"config": {"seq_len": 8, "test_lengths": (16,)}},
+        "quick": {"config": {"seq_len": 16, "test_lengths": (32, 64)}},
+        "full": {"config": {"seq_len": 32, "test_lengths": (64, 128, 256)}},
+    }
+
+    @property
+    def vocab_size(self) -> int:
+        return N_ELEMENTS
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    def test_lengths(self) -> list[int]:
+        return list(self.config.test_lengths)
+
+    def generate(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
+        check_n(NAME, n)
+        T = self.config.seq_len if length is None else check_int(NAME, "length", length, 1)
+        tokens = torch.randint(0, N_ELEMENTS, (n, T), generator=generator, device=device_of(generator))
+        return Batch(tokens, prefix_products(tokens))
