@@ -147,9 +147,7 @@ def register_candidate(
             raise RegistryError(f"candidate name {name!r} may not contain '+' (reserved for modifiers)")
         existing = _CANDIDATES.get(name)
         if existing is not None and qualname(existing.cls) != qualname(cls):
-            raise RegistryError(
-                f"candidate {name!r} is registered twice: by {qualname(existing.cls)} and {qualname(cls)}"
-            )
+            raise RegistryError(_twice("candidate", name, existing.cls, cls))
         _CANDIDATES[name] = CandidateSpec(name, cls, tuple(groups), reference, dict(preset))
         return cls
 
@@ -160,7 +158,7 @@ def register_task(name: str, reference: str = "") -> Callable[[type], type]:
     def deco(cls: type) -> type:
         existing = _TASKS.get(name)
         if existing is not None and qualname(existing.cls) != qualname(cls):
-            raise RegistryError(f"task {name!r} is registered twice")
+            raise RegistryError(_twice("task", name, existing.cls, cls))
         cls.name = name
         _TASKS[name] = TaskSpec(name, cls, reference or getattr(cls, "reference", ""))
         return cls
@@ -188,6 +186,17 @@ def add_to_group(group: str, *names: str) -> None:
             members.append(n)
 
 
+def _twice(what: str, name: str, first: type, second: type) -> str:
+    msg = f"{what} {name!r} is registered twice: by {qualname(first)} and {qualname(second)}"
+    mods = sorted([first.__module__, second.__module__], key=len)
+    if mods[1] == f"harness.{mods[0]}":
+        msg += (
+            f"; the module was imported twice, as {mods[0]!r} and {mods[1]!r}: import the built-in "
+            "folders only as harness.candidates / harness.tasks / harness.kernels"
+        )
+    return msg
+
+
 def qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -209,6 +218,20 @@ def load_plugins() -> None:
     importlib.import_module("harness.tasks")
     _load_entry_points(CANDIDATE_ENTRY_POINTS)
     _load_entry_points(TASK_ENTRY_POINTS)
+
+
+def reload_plugins() -> None:
+    """Look for entry points again (e.g. after installing a plugin package in this process)."""
+    global _LOADED
+    _LOADED = False
+    load_plugins()
+
+
+def unregister(name: str) -> None:
+    """Remove a candidate or task (tests that register temporary ones clean up with this)."""
+    _CANDIDATES.pop(name, None)
+    _TASKS.pop(name, None)
+    _HASH_CACHE.clear()
 
 
 def candidate_names() -> list[str]:
