@@ -1,0 +1,194 @@
+"""Diagonal transitions ``A_t = diag(a_t)``: the selective (GLA / Mamba-2) baseline of the group,
+its negative-eigenvalue and complex variants, and the time-invariant S4D reference.
+
+All four run ``kernels.diag_scan`` (chunkwise in ``forward``, one recurrent step in ``step``) on the
+group's shared projections ``q, k [B, T, H, N]``, ``v [B, T, H, P]`` (candidates/_transition.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from harness.kernels.diag_scan import diag_scan
+from torch import Tensor, nn
+
+from harness import register_candidate
+
+from ._transition import TransitionMixer
+
+
+@register_candidate(
+    "diagonal",
+    groups=("transitions",),
+    reference="GLA (Yang et al. 2023) per-dimension data-dependent decay; Mamba-2 / SSD chunkwise form",
+)
+@register_candidate(
+    "diagonal-neg",
+    groups=("transitions",),
+    reference="Grazzi et al. 2025, Unlocking state-tracking in linear RNNs through negative eigenvalues",
+    allow_negative=True,
+)
+class DiagonalMixer(TransitionMixer):
+    """``a_t = sigmoid(W_a x_t + b_a) ** (1 / gate_temperature)`` per head and state dim (GLA's
+    parameterisation: ``log a = logsigmoid(.) / 16``, computed in log space), in (0, 1).
+
+    ``allow_negative`` (``diagonal-neg``): ``a_t <- 2 a_t - 1`` in (-1, 1), the map Grazzi et al.
+    apply to Mamba's gate (eigenvalue range doubled, same parameter count). The kernel tracks the
+    sign separately from the log-magnitude. The bias is initialised so that the positive gate
+    starts near 0.96 (``diagonal``) / its doubled form near 0.92 (``diagonal-neg``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        d_state: int = 16,
+        chunk_size: int = 64,
+        gate_temperature: float = 16.0,
+        allow_negative: bool = False,
+    ) -> None:
+        super().__init__(d_model, n_heads, d_state, chunk_size)
+        self.gate_temperature, self.allow_negative = gate_temperature, allow_negative
+        self.a_proj = nn.Linear(d_model, n_heads * d_state, bias=True)
+        nn.init.zeros_(self.a_proj.bias)
+
+    def decay(self, x: Tensor) -> Tensor:
+        """``x [..., D] -> a [..., H, N]``."""
+        log_a = F.logsigmoid(self.a_proj(x)) / self.gate_temperature
+        a = torch.exp(log_a).unflatten(-1, (self.n_heads, self.d_state))
+        return 2.0 * a - 1.0 if self.allow_negative else a
+
+    def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        o, _ = diag_scan(q, k, v, self.decay(x), impl="chunk", chunk_size=self.chunk_size)
+        return o
+
+    def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
+        o, state = diag_scan(
+            q[:, None],
+            k[:, None],
+            v[:, None],
+            self.decay(x_t)[:, None],
+            initial_state=state,
+            impl="recurrent",
+        )
+        return o[:, 0], state
+
+
+@register_candidate(
+    "s4d",
+    groups=("transitions",),
+    reference="Gu et al. 2022, On the parameterization and initialization of diagonal state space models (S4D-Real)",
+)
+class S4DMixer(TransitionMixer):
+    """Time-invariant diagonal transition: ``a[h, n] = exp(-dt_h * A_n)``, learned, the same at every step.
+
+    S4D-Real initialisation: ``A_n = n + 1`` (parameterised as ``exp(log_A)`` so it stays positive)
+    and ``dt_h`` log-uniform in [1e-3, 1e-1] per head, giving decays from ~0.999 to ~0.2. This is the
+    time-invariant reference of the group: only ``A`` differs from ``diagonal``. By default ``q_t, k_t``
+    are the group's input-dependent projections; ``time_invariant_bc=True`` replaces them with learned
+    constant vectors (``B = k``, ``C = q``), making the whole mixer LTI as in S4D proper.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        d_state: int = 16,
+        chunk_size: int = 64,
+        time_invariant_bc: bool = False,
+    ) -> None:
+        super().__init__(d_model, n_heads, d_state, chunk_size)
+        self.time_invariant_bc = time_invariant_bc
+        self.log_A = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(n_heads, 1)
+        )
+        log_dt = torch.linspace(math.log(1e-3), math.log(1e-1), n_heads)
+        self.log_dt = nn.Parameter(log_dt)
+        if time_invariant_bc:
+            del self.q_proj, self.k_proj
+            self.B = nn.Parameter(torch.randn(n_heads, d_state) / math.sqrt(d_state))
+            self.C = nn.Parameter(torch.randn(n_heads, d_state) / math.sqrt(d_state))
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.time_invariant_bc:
+            return super().qkv(x)
+        v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+        shape = (*x.shape[:-1], self.n_heads, self.d_state)
+        return self.C.to(x.dtype).expand(shape), self.B.to(x.dtype).expand(shape), v
+
+    def decay(self, like: Tensor) -> Tensor:
+        """``[H, N]`` decays broadcast to ``like``'s leading dims."""
+        a = torch.exp(-torch.exp(self.log_dt)[:, None] * torch.exp(self.log_A))
+        return a.to(like.dtype).expand(*like.shape[:-2], self.n_heads, self.d_state)
+
+    def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        o, _ = diag_scan(q, k, v, self.decay(q), impl="chunk", chunk_size=self.chunk_size)
+        return o
+
+    def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
+        q, k, v = q[:, None], k[:, None], v[:, None]
+        o, state = diag_scan(q, k, v, self.decay(q), initial_state=state, impl="recurrent")
+        return o[:, 0], state
+
+
+@register_candidate(
+    "complex-diagonal",
+    groups=("transitions",),
+    reference="LRU (Orvieto et al. 2023) complex diagonal, made input-dependent in magnitude and phase",
+)
+class ComplexDiagonalMixer(TransitionMixer):
+    """``a_t = |a_t| e^{i theta_t}`` per head and state dim, complex state, real readout.
+
+    Magnitude: GLA-style ``|a_t| = sigmoid(W_r x_t + b_r) ** (1/16)`` (< 1). Phase: ``theta_t =
+    theta_0 + W_theta x_t`` with ``theta_0`` initialised uniform in [0, pi] per state dim (LRU draws its
+    phases from a ring) and ``W_theta`` initialised at zero, so training starts from an LRU-like
+    time-invariant rotation and learns how much input-dependence to use. ``k_t`` stays real (the input
+    matrix), ``q_t = q_re + i q_im`` is complex (an extra projection, LRU's complex C) and the output is
+    ``Re(sum_n q_t[n] h_t[n])``. The state is N x P complex numbers per head: twice the real numbers
+    of the real-valued candidates at the same ``d_state`` (measured, and reported as such).
+    """
+
+    state_dtype_is_complex = True
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        d_state: int = 16,
+        chunk_size: int = 64,
+        gate_temperature: float = 16.0,
+        max_init_phase: float = math.pi,
+    ) -> None:
+        super().__init__(d_model, n_heads, d_state, chunk_size)
+        self.gate_temperature = gate_temperature
+        self.r_proj = nn.Linear(d_model, n_heads * d_state, bias=True)
+        nn.init.zeros_(self.r_proj.bias)
+        self.theta_proj = nn.Linear(d_model, n_heads * d_state, bias=True)
+        nn.init.zeros_(self.theta_proj.weight)
+        with torch.no_grad():
+            self.theta_proj.bias.uniform_(0.0, max_init_phase)
+        self.q_im_proj = nn.Linear(d_model, n_heads * d_state, bias=False)
+
+    def decay_and_query(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """Complex ``a [..., H, N]`` and complex ``q``; computed in at least float32."""
+        x32 = x if x.dtype == torch.float64 else x.float()
+        hn = (self.n_heads, self.d_state)
+        log_r = F.logsigmoid(F.linear(x32, self.r_proj.weight.to(x32.dtype), self.r_proj.bias.to(x32.dtype)))
+        theta = F.linear(x32, self.theta_proj.weight.to(x32.dtype), self.theta_proj.bias.to(x32.dtype))
+        a = torch.polar(torch.exp(log_r / self.gate_temperature), theta).unflatten(-1, hn)
+        q_im = F.linear(x32, self.q_im_proj.weight.to(x32.dtype)).unflatten(-1, hn)
+        return a, torch.complex(q.to(x32.dtype), q_im)
+
+    def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        a, qc = self.decay_and_query(x, q)
+        o, _ = diag_scan(qc, k, v, a, impl="chunk", chunk_size=self.chunk_size)
+        return o.real.to(x.dtype)
+
+    def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
+        a, qc = self.decay_and_query(x_t, q)
+        o, state = diag_scan(
+            qc[:, None], k[:, None], v[:, None], a[:, None], initial_state=state, impl="recurrent"
+        )
+        return o[:, 0].real.to(x_t.dtype), state
