@@ -171,23 +171,41 @@ class ComplexDiagonalMixer(TransitionMixer):
             self.theta_proj.bias.uniform_(0.0, max_init_phase)
         self.q_im_proj = nn.Linear(d_model, n_heads * d_state, bias=False)
 
-    def decay_and_query(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
-        """Complex ``a [..., H, N]`` and complex ``q``; computed in at least float32."""
+    def gates(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(|a|, theta, q_re, q_im)``, each ``[..., H, N]``, computed in at least float32."""
         x32 = x if x.dtype == torch.float64 else x.float()
         hn = (self.n_heads, self.d_state)
-        log_r = F.logsigmoid(F.linear(x32, self.r_proj.weight.to(x32.dtype), self.r_proj.bias.to(x32.dtype)))
-        theta = F.linear(x32, self.theta_proj.weight.to(x32.dtype), self.theta_proj.bias.to(x32.dtype))
-        a = torch.polar(torch.exp(log_r / self.gate_temperature), theta).unflatten(-1, hn)
-        q_im = F.linear(x32, self.q_im_proj.weight.to(x32.dtype)).unflatten(-1, hn)
-        return a, torch.complex(q.to(x32.dtype), q_im)
+
+        def lin(layer: nn.Linear) -> Tensor:
+            bias = None if layer.bias is None else layer.bias.to(x32.dtype)
+            return F.linear(x32, layer.weight.to(x32.dtype), bias).unflatten(-1, hn)
+
+        mag = torch.exp(F.logsigmoid(lin(self.r_proj)) / self.gate_temperature)
+        return mag, lin(self.theta_proj), q.to(x32.dtype), lin(self.q_im_proj)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        a, qc = self.decay_and_query(x, q)
-        o, _ = diag_scan(qc, k, v, a, impl="chunk", chunk_size=self.chunk_size)
-        return o.real.to(x.dtype)
+        """Parallel form in real arithmetic (complex elementwise ops are slow on CPU).
+
+        With ``Phi_t = sum_{s<=t} theta_s`` and ``z_t = q_t e^{i Phi_t}``, ``w_j = k_j e^{i Phi_j}``:
+        ``Re(q_t^T h_t) = sum_{j<=t} sum_n R_tj[n] (Re z_t Re w_j + Im z_t Im w_j)[n] v_j``, where
+        ``R_tj = prod_{j<s<=t} |a_s|`` (the RoPE identity). That is a REAL diagonal scan with 2N state
+        dims ``q' = [Re z, Im z]``, ``k' = [Re w, Im w]``, decay ``[|a|, |a|]``; ``step`` keeps the
+        complex state. ``Phi`` is a running sum over the whole sequence (bounded phases are what
+        cos/sin see, but its rounding error grows like ``T * eps * |Phi|``, as in RoPE).
+        """
+        mag, theta, q_re, q_im = self.gates(x, q)
+        phi = torch.remainder(theta, 2 * math.pi).cumsum(dim=1)
+        cos, sin = torch.cos(phi), torch.sin(phi)
+        k32 = k.to(cos.dtype)
+        q2 = torch.cat([q_re * cos - q_im * sin, q_re * sin + q_im * cos], dim=-1)
+        k2 = torch.cat([k32 * cos, k32 * sin], dim=-1)
+        o, _ = diag_scan(q2, k2, v, torch.cat([mag, mag], dim=-1), impl="chunk", chunk_size=self.chunk_size)
+        return o.to(x.dtype)
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        a, qc = self.decay_and_query(x_t, q)
+        mag, theta, q_re, q_im = self.gates(x_t, q)
+        a = torch.polar(mag, theta)
+        qc = torch.complex(q_re, q_im)
         o, state = diag_scan(
             qc[:, None], k[:, None], v[:, None], a[:, None], initial_state=state, impl="recurrent"
         )

@@ -106,21 +106,24 @@ def diag_scan_recurrent(
     return o.to(odt), h.to(odt)
 
 
-def split_decay(decay: Tensor, log_min: float) -> tuple[Tensor, Tensor | None]:
-    """``decay -> (log|decay| clamped at log_min, unit factor or None)``; the unit is +-1 or a phase.
+def split_decay(decay: Tensor, log_min: float) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``decay -> (log|decay| clamped at log_min, sign or None, angle or None)``.
 
-    Written so that decay == 0 gives finite values and finite gradients (no log(0), no 0/0).
+    The sign (+-1, real decays with a negative entry) or the angle (complex decays) is tracked apart
+    from the magnitude. Written so that decay == 0 gives finite values and finite gradients (no
+    log(0), no atan2(0, 0)); a zero decay gets sign +1 / angle 0.
     """
     tiny = math.exp(log_min)
     mag = decay.abs()
     la = torch.log(mag.clamp_min(tiny))
     if decay.is_complex():
-        unit = torch.where(mag > tiny, decay / mag.clamp_min(tiny), torch.ones_like(decay))
-        return la, unit
-    if decay.requires_grad or bool((decay < 0).any()):
-        unit = torch.where(decay < 0, -torch.ones_like(decay), torch.ones_like(decay))
-        return la, unit
-    return la, None
+        ok = mag > tiny
+        re = torch.where(ok, decay.real, torch.ones_like(decay.real))
+        im = torch.where(ok, decay.imag, torch.zeros_like(decay.imag))
+        return la, None, torch.atan2(im, re)
+    if bool((decay < 0).any()):  # the sign is piecewise constant: no gradient is lost
+        return la, torch.where(decay < 0, -torch.ones_like(decay), torch.ones_like(decay)), None
+    return la, None, None
 
 
 def max_chunk_spread(la: Tensor, L: int) -> float:
@@ -160,7 +163,7 @@ def diag_scan_chunk(
     P = v.shape[-1]
     q, k, v = (t.to(cdt).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
     decay = decay.to(cdt if decay.is_complex() else real_dt).transpose(1, 2)
-    la, unit = split_decay(decay, LOG_MIN.get(real_dt, -30.0))
+    la, sign, angle = split_decay(decay, LOG_MIN.get(real_dt, -30.0))
     safe = SAFE_SPREAD.get(real_dt, 60.0)
 
     L = max(1, min(chunk_size, T))
@@ -174,38 +177,48 @@ def diag_scan_chunk(
     pad = C * L - T
 
     def chunks(t: Tensor) -> Tensor:  # [B, H, T, D] -> [B, H, C, L, D]; padded steps: no input, decay 1
-        return F.pad(t, (0, 0, 0, pad)).unflatten(2, (C, L))
+        return (F.pad(t, (0, 0, 0, pad)) if pad else t).unflatten(2, (C, L))
 
     q, k, v, la = (chunks(t) for t in (q, k, v, la))
     b = la.cumsum(dim=-2)  # [B, H, C, L, N], within-chunk cumulative log-magnitude, in [b_end, 0]
     b_end = b[..., -1:, :]
-    if unit is not None:
-        s = chunks(unit - 1) + 1  # pad the unit factor with ones
-        s = s.cumprod(dim=-2)  # exact +-1, or unit phases
-        qs, ks = q * s, k * (s.conj() if s.is_complex() else s)
-        s_end = s[..., -1:, :]
+    # the cumulative unit factor s_i (sign product or phase), kept as a sign or an angle
+    if angle is not None:
+        ph = chunks(angle).cumsum(dim=-2)
+        ph_end = ph[..., -1:, :]
+        inv, end_rel = -ph, ph_end - ph
+
+        def fac(e: Tensor, p: Tensor | None) -> Tensor:  # exp(e) * unit
+            return torch.polar(torch.exp(e), p.expand_as(e))
+    elif sign is not None:
+        ph = (chunks(sign - 1) + 1).cumprod(dim=-2)  # exact +-1; padded steps have sign +1
+        ph_end = ph[..., -1:, :]
+        inv, end_rel = ph, ph_end * ph
+
+        def fac(e: Tensor, p: Tensor | None) -> Tensor:
+            return torch.exp(e) * p
     else:
-        qs, ks, s_end = q, k, None
+        ph = ph_end = inv = end_rel = None
+
+        def fac(e: Tensor, p: Tensor | None) -> Tensor:
+            return torch.exp(e)
 
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     if intra == "factor":
         mid = 0.5 * b_end
-        scores = (qs * torch.exp(b - mid)) @ (ks * torch.exp(mid - b)).transpose(-1, -2)
+        scores = (q * fac(b - mid, ph)) @ (k * fac(mid - b, inv)).transpose(-1, -2)
         scores = torch.where(causal, scores, torch.zeros((), dtype=scores.dtype))
     else:  # scores[i, j] = sum_n qs_i[n] ks_j[n] exp(b_i[n] - b_j[n]), masked before exp
+        zero = torch.zeros_like(b)
+        qs, ks = (q, k) if ph is None else (q * fac(zero, ph), k * fac(zero, inv))
         diff = b.unsqueeze(-2) - b.unsqueeze(-3)  # [B, H, C, L(i), L(j), N]
         gate = torch.exp(torch.where(causal[:, :, None], diff, torch.full((), -math.inf, dtype=diff.dtype)))
         scores = ((qs.unsqueeze(-2) * ks.unsqueeze(-3)) * gate).sum(-1)  # [B, H, C, L, L]
     o = scores @ v
 
     # chunk-local contribution to the state at the chunk's end, and the chunk's total transition
-    k_end = ks * torch.exp(b_end - b)
-    a_chunk = torch.exp(b_end)
-    if s_end is not None:
-        k_end = k_end * s_end
-        a_chunk = a_chunk * s_end
-    local = k_end.transpose(-1, -2) @ v  # [B, H, C, N, P]
-    a_chunk = a_chunk.squeeze(-2).unsqueeze(-1)  # [B, H, C, N, 1]
+    local = (k * fac(b_end - b, end_rel)).transpose(-1, -2) @ v  # [B, H, C, N, P]
+    a_chunk = fac(b_end, ph_end).squeeze(-2).unsqueeze(-1)  # [B, H, C, N, 1]
 
     # hand the state across chunks (loop over chunks only), then read it inside each chunk
     h = q.new_zeros(Bsz, H, N, P) if initial_state is None else initial_state.to(cdt)
@@ -214,6 +227,6 @@ def diag_scan_chunk(
         entering.append(h)
         h = a_chunk[:, :, c] * h + local[:, :, c]
     h_in = torch.stack(entering, dim=2)  # [B, H, C, N, P]
-    o = o + (qs * torch.exp(b)) @ h_in
+    o = o + (q * fac(b, ph)) @ h_in
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)  # [B, T, H, P]
     return o.to(odt), h.to(odt)
