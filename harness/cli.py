@@ -225,7 +225,7 @@ def _summary_line(rec: dict[str, Any]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.sweep import plan, run_sweep
+    from harness.sweep import default_jobs, plan, run_sweep
 
     candidates = _compare_candidates(args)
     tasks = _tasks_arg(args)
@@ -239,7 +239,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     store = _store(args)
     t0 = time.perf_counter()
-    res = run_sweep(runs, store, force=args.force, progress=not args.quiet)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    if jobs < 1:
+        raise CLIError(f"--jobs must be >= 1, got {jobs}")
+    res = run_sweep(runs, store, force=args.force, progress=not args.quiet, jobs=jobs)
     took = time.perf_counter() - t0
     print(
         f"{len(runs)} runs: {res.ran} trained, {res.reused} reused from {store.runs}; "
@@ -342,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", default="cpu")
             p.add_argument("--force", action="store_true", help="rerun even if records exist")
             p.add_argument("--quiet", action="store_true", help="no progress bar")
+            p.add_argument(
+                "--jobs",
+                type=int,
+                default=None,
+                help="runs in parallel (default: one per CPU core; each run uses 1 thread)",
+            )
             p.set_defaults(func=cmd_compare)
         else:
             p.set_defaults(func=cmd_leaderboard)

@@ -3,12 +3,19 @@
 Finished records (status ok or diverged) are reused; a run that failed (raised) is retried on the
 next sweep, since a crash says nothing about the candidate's quality. Each record is written the
 moment its run ends, so an interrupted sweep resumes where it stopped.
+
+Runs are single-threaded (see ``harness.train.TRAIN_THREADS``), so ``jobs`` worker processes use
+``jobs`` cores and a run's result does not depend on how many ran beside it.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +77,38 @@ def plan(
     return runs
 
 
+def default_jobs() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _execute_spec(spec: RunSpec) -> dict[str, Any]:
+    """Worker entry point: resolve in the worker (plug-ins load there too) and train."""
+    return execute(resolve(spec))
+
+
+def _results_in_order_of_completion(todo: list[ResolvedRun], jobs: int) -> Iterator[dict[str, Any]]:
+    if jobs <= 1 or len(todo) <= 1:
+        for run in todo:
+            yield execute(run)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        pending: set[Future] = set()
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < jobs:
+                pending.add(pool.submit(_execute_spec, queue.pop(0).spec))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+
+
 def run_sweep(
-    runs: list[ResolvedRun], store: RecordStore, force: bool = False, progress: bool = True
+    runs: list[ResolvedRun],
+    store: RecordStore,
+    force: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
 ) -> SweepResult:
     result = SweepResult()
     t0 = time.perf_counter()
@@ -84,24 +121,29 @@ def run_sweep(
         else:
             todo.append(run)
     bar = tqdm(
-        todo,
+        total=len(todo),
         desc="runs",
         unit="run",
         disable=not progress or not todo,
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for run in bar:
-        bar.set_postfix_str(f"{run.spec.candidate} / {run.spec.task} / seed {run.spec.seed} / lr {run.lr:g}")
-        record = execute(run)
+    for record in _results_in_order_of_completion(todo, jobs):
         store.save(record)
+        bar.update(1)
+        bar.set_postfix_str(f"last: {record['candidate']} / {record['task']} / seed {record['seed']}")
         result.records.append(record)
         result.ran += 1
         if record["status"] == "failed":
             result.failed.append(record)
-            tqdm.write(f"FAILED {run.spec.candidate} on {run.spec.task}: {record['error']}", file=sys.stderr)
+            tqdm.write(
+                f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
+            )
         elif record["status"] == "diverged":
             result.diverged.append(record)
-            tqdm.write(f"diverged: {run.spec.candidate} on {run.spec.task} (lr {run.lr:g})", file=sys.stderr)
+            tqdm.write(
+                f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})", file=sys.stderr
+            )
+    bar.close()
     result.seconds = time.perf_counter() - t0
     return result

@@ -31,6 +31,9 @@ from harness.tiers import TierConfig, get_tier
 
 # Bump when the protocol changes in a way that changes results (it is part of every identity).
 PROTOCOL_VERSION = "1"
+# Training runs single-threaded: results then do not depend on the machine's core count, and a
+# sweep uses its cores by running that many runs at once (tiny models gain little from threads).
+TRAIN_THREADS = 1
 _ENGINE_FILES = ("backbone.py", "train.py", "task.py")
 
 
@@ -97,6 +100,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         "lr": lr,
         "seed": spec.seed,
         "device": torch.device(spec.device).type,
+        "threads": TRAIN_THREADS,
     }
     return ResolvedRun(spec, tier, task, hparams, lr, identity, run_id_for(identity))
 
@@ -157,11 +161,13 @@ def execute(run: ResolvedRun, on_step: Callable[[int, float], None] | None = Non
         "tier": spec.tier,
         "seed": spec.seed,
         "lr": run.lr,
-        "environment": environment(spec.device),
+        "environment": {**environment(spec.device), "threads": TRAIN_THREADS},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     t0 = time.perf_counter()
     losses: list[tuple[int, float]] = []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
     try:
         model = build_model(run)
         mixer = model.mixers()[0]
@@ -228,6 +234,8 @@ def execute(run: ResolvedRun, on_step: Callable[[int, float], None] | None = Non
         record["error"] = f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc(limit=8)
         record["loss_curve"] = losses
+    finally:
+        torch.set_num_threads(previous_threads)
     record["wall_seconds"] = time.perf_counter() - t0
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return record

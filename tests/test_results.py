@@ -1,0 +1,178 @@
+"""The results store: atomic writes, reuse, resume after interruption, corrupt files reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import Mixer, register_candidate, registry
+from harness import sweep as sweep_mod
+from harness.results import CorruptRecord, RecordStore, atomic_write_json, run_id_for
+
+
+def test_run_id_ignores_key_order_and_changes_with_values():
+    a = run_id_for({"x": 1, "y": {"b": 2, "a": 1}})
+    assert a == run_id_for({"y": {"a": 1, "b": 2}, "x": 1})
+    assert a != run_id_for({"x": 2, "y": {"b": 2, "a": 1}})
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "r.json"
+    atomic_write_json(target, {"ok": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", boom)
+    with pytest.raises(OSError):
+        atomic_write_json(target, {"ok": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"ok": 1}  # old content intact
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
+
+
+def test_corrupt_record_is_reported_by_path(tmp_path):
+    store = RecordStore(tmp_path)
+    store.save({"kind": "train", "run_id": "aaaa", "identity": {}})
+    bad = store.path_for("train", "bbbb")
+    bad.write_text('{"kind": "train", "run_id": "bbbb", "ide')
+    good, corrupt = store.records("train")
+    assert [r["run_id"] for r in good] == ["aaaa"]
+    assert len(corrupt) == 1 and corrupt[0].path == bad
+    assert str(bad) in str(corrupt[0])
+    with pytest.raises(CorruptRecord, match="bbbb.json"):
+        store.get("train", "bbbb")
+
+
+def test_find_by_prefix(tmp_path):
+    store = RecordStore(tmp_path)
+    store.save({"kind": "train", "run_id": "abc123", "identity": {}})
+    assert store.find("abc")["run_id"] == "abc123"
+    with pytest.raises(KeyError, match="no record"):
+        store.find("zzz")
+
+
+def _plan(**kw):
+    return sweep_mod.plan(["toy-ema"], ["toy-last"], "smoke", **kw)
+
+
+def test_sweep_reuses_records_and_force_reruns(installed_plugin, tmp_path):
+    store = RecordStore(tmp_path)
+    first = sweep_mod.run_sweep(_plan(n_seeds=2), store, progress=False)
+    assert (first.ran, first.reused) == (2, 0)
+    again = sweep_mod.run_sweep(_plan(n_seeds=2), store, progress=False)
+    assert (again.ran, again.reused) == (0, 2)
+    assert [r["test"] for r in again.records] == [r["test"] for r in first.records]
+    forced = sweep_mod.run_sweep(_plan(n_seeds=2), store, force=True, progress=False)
+    assert forced.ran == 2
+
+
+def test_same_inputs_same_result_on_cpu(installed_plugin, tmp_path):
+    a = sweep_mod.run_sweep(_plan(), RecordStore(tmp_path / "a"), progress=False).records[0]
+    b = sweep_mod.run_sweep(_plan(), RecordStore(tmp_path / "b"), progress=False).records[0]
+    assert a["run_id"] == b["run_id"]
+    assert a["loss_curve"] == b["loss_curve"] and a["test"] == b["test"]
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(installed_plugin, tmp_path, monkeypatch):
+    store = RecordStore(tmp_path)
+    runs = _plan(n_seeds=3)
+    real_execute = sweep_mod.execute
+    calls = []
+
+    def interrupt_on_second(run):
+        calls.append(run.run_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_execute(run)
+
+    monkeypatch.setattr(sweep_mod, "execute", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(runs, store, progress=False)
+    assert len(list(store.runs.glob("train/*.json"))) == 1
+    monkeypatch.setattr(sweep_mod, "execute", real_execute)
+    resumed = sweep_mod.run_sweep(runs, store, progress=False)
+    assert (resumed.ran, resumed.reused) == (2, 1)
+
+
+class _Linear(Mixer):
+    """A position-wise map: enough of a mixer for the broken variants below."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__(d_model)
+        self.w = torch.nn.Linear(d_model, d_model)
+
+    def init_state(self, batch, device=None, dtype=None):
+        return torch.zeros(batch, 1, device=device, dtype=dtype)
+
+    def step(self, x_t, state):
+        return self(x_t[:, None])[:, 0], state
+
+
+@pytest.fixture
+def broken_candidates():
+    @register_candidate("test-raises", groups=("test-broken",))
+    class Raises(_Linear):
+        def forward(self, x):
+            raise RuntimeError("kernel exploded")
+
+    @register_candidate("test-nan", groups=("test-broken",))
+    class NaN(_Linear):
+        def forward(self, x):
+            return self.w(x) * float("nan")
+
+    yield
+    registry.unregister("test-raises")
+    registry.unregister("test-nan")
+
+
+def test_failures_are_results_and_the_sweep_goes_on(installed_plugin, broken_candidates, tmp_path):
+    store = RecordStore(tmp_path)
+    runs = sweep_mod.plan(["test-raises", "test-nan", "toy-ema"], ["toy-last"], "smoke")
+    res = sweep_mod.run_sweep(runs, store, progress=False)
+    status = {r["candidate"]: r["status"] for r in res.records}
+    assert status == {"test-raises": "failed", "test-nan": "diverged", "toy-ema": "ok"}
+    failed = next(r for r in res.records if r["status"] == "failed")
+    assert "kernel exploded" in failed["error"]
+    # failed runs are retried next time, diverged ones are results and reused
+    again = sweep_mod.run_sweep(runs, store, progress=False)
+    assert again.ran == 1 and again.reused == 2
+
+
+def test_cli_exit_code_says_something_failed(installed_plugin, broken_candidates, tmp_path, capsys):
+    from harness.cli import main
+
+    rc = main(
+        [
+            "compare",
+            "--candidates",
+            "test-raises,toy-ema",
+            "--baselines",
+            "",
+            "--tasks",
+            "toy-last",
+            "--tier",
+            "smoke",
+            "--results-dir",
+            str(tmp_path),
+            "--quiet",
+            "--jobs",
+            "1",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "kernel exploded" in err
+    assert "toy-ema" in out
+
+
+def test_parallel_sweep_matches_serial(installed_plugin, tmp_path):
+    serial = sweep_mod.run_sweep(_plan(n_seeds=2), RecordStore(tmp_path / "s"), progress=False, jobs=1)
+    parallel = sweep_mod.run_sweep(_plan(n_seeds=2), RecordStore(tmp_path / "p"), progress=False, jobs=2)
+    by_id = {r["run_id"]: r for r in serial.records}
+    assert sorted(by_id) == sorted(r["run_id"] for r in parallel.records)
+    for r in parallel.records:
+        assert r["loss_curve"] == by_id[r["run_id"]]["loss_curve"]
+        assert r["test"] == by_id[r["run_id"]]["test"]
