@@ -2,7 +2,8 @@
 
 Per (candidate, task): the learning rate is chosen by mean *valid* token accuracy over seeds, and the
 *test* accuracy at that rate is reported as mean ± a 95% t-interval over seeds (no interval with one
-seed). ``extrap`` is the mean test token accuracy over the task's longer test lengths. ``rank`` is
+seed). ``extrap`` is the mean test token accuracy over the task's longer test lengths, counting
+only positions beyond the training length. ``rank`` is
 the mean over tasks of the candidate's rank by test accuracy (1 = best, ties share the best rank).
 Runs that diverged count as accuracy 0 at their learning rate; failed runs are listed, not scored.
 """
@@ -42,7 +43,7 @@ def _extrap(r: dict[str, Any]) -> float | None:
         return 0.0 if lengths or r.get("status") == "diverged" else None
     if not lengths:
         return None
-    return sum(v["token_acc"] for v in lengths.values()) / len(lengths)
+    return sum(v.get("beyond_token_acc", v["token_acc"]) for v in lengths.values()) / len(lengths)
 
 
 def select_records(

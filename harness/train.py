@@ -134,19 +134,40 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
 
 @torch.no_grad()
 def evaluate(model: SequenceModel, task: Task, n: int, batch: int, seed: int, device: str, length=None):
-    """Token and sequence accuracy on ``n`` examples from ``seed`` (at test ``length`` if given)."""
+    """Token and sequence accuracy on ``n`` examples from ``seed`` (at test ``length`` if given).
+
+    At a test length the ``beyond_*`` accuracies count only positions at or after the training
+    length — positions whose labels the model never trained on — so in-distribution prefixes do
+    not flatter extrapolation. The leaderboard's ``extrap`` column uses ``beyond_token_acc``.
+    """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    tc = tn = sc = sn = 0
+    counts = torch.zeros(2, 4, dtype=torch.long)
     done = 0
     while done < n:
         b = task.generate(min(batch, n - done), gen, length=length)
         logits = model(b.inputs.to(device))
-        c = count_correct(logits, b.targets.to(device), IGNORE)
-        tc, tn, sc, sn = tc + c[0], tn + c[1], sc + c[2], sn + c[3]
+        targets = b.targets.to(device)
+        counts[0] += torch.tensor(count_correct(logits, targets, IGNORE))
+        if length is not None:
+            beyond = targets.clone()
+            beyond[:, : task.seq_len] = IGNORE
+            counts[1] += torch.tensor(count_correct(logits, beyond, IGNORE))
         done += b.inputs.shape[0]
     model.train()
-    return {"token_acc": tc / max(tn, 1), "seq_acc": sc / max(sn, 1), "n": n}
+    out = {
+        "token_acc": _ratio(counts[0, 0], counts[0, 1]),
+        "seq_acc": _ratio(counts[0, 2], counts[0, 3]),
+        "n": n,
+    }
+    if length is not None:
+        out["beyond_token_acc"] = _ratio(counts[1, 0], counts[1, 1])
+        out["beyond_seq_acc"] = _ratio(counts[1, 2], counts[1, 3])
+    return out
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+    return float(num) / max(int(den), 1)
 
 
 def execute(run: ResolvedRun, on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
