@@ -1,0 +1,1 @@
+"""Microbenchmarks: throughput, numerics and the ``scans`` algorithm family (``harness bench``)."""

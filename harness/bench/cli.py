@@ -1,0 +1,302 @@
+"""``harness bench throughput|numerics|scans``: the microbenchmark commands.
+
+``add_bench_commands(subparsers)`` adds the ``bench`` command to the main CLI (``harness/cli.py``);
+each sub-command sets ``func(args) -> exit code``. ``python -m harness.bench.cli throughput ...``
+runs them standalone (``main(argv)``; a leading ``bench`` is optional). Examples::
+
+    harness bench throughput --group transitions                 # CPU default grid, fp32
+    harness bench throughput --candidates softmax,diagonal --seq-lens 256,1024 --format markdown
+    harness bench throughput --group all --device cuda --dtypes float32,bfloat16
+    harness bench numerics --group transitions --dtypes fp32,bf16 --seq-lens 64,256,1024
+    harness bench scans --families dense --state-sizes 16,64 --seq-lens 1024
+
+Finished measurements are stored under ``<results-dir>/runs/<kind>/`` and reused on the next run
+unless ``--force``; the tables say which rows were reused. The progress bar (tqdm, with ETA) goes to
+stderr; ``--no-progress`` turns it off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.bench import report
+from harness.bench.common import flatten_unique, resolve_candidates
+from harness.registry import RegistryError
+from harness.results import RecordStore
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in flatten_unique([text])]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in flatten_unique([text])]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
+
+
+def _names(text: str) -> list[str]:
+    return flatten_unique([text])
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--dtypes", type=_names, help="comma-separated: float32,bfloat16,float16,float64 (or fp32, bf16, ...)"
+    )
+    p.add_argument("--seq-lens", type=_ints, help="comma-separated sequence lengths")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
+    p.add_argument("--format", choices=report.FORMATS, default="table")
+    p.add_argument("--output", help="write the table to this file instead of stdout")
+    p.add_argument("--results-dir", default="results", help="record store root (default ./results)")
+    p.add_argument("--no-store", action="store_true", help="neither read nor write records")
+    p.add_argument("--force", action="store_true", help="measure again even where a stored record exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--candidate",
+        "--candidates",
+        dest="candidates",
+        action="append",
+        type=_names,
+        help="candidate name(s), comma-separated; repeatable",
+    )
+    p.add_argument("--group", help="a registry group, or 'all'")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--impls", type=_names, help="implementations to run (default: see the command's help)")
+
+
+def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench {throughput,numerics,scans}`` to an argparse sub-parser collection."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="microbenchmarks: throughput, numerics, scan algorithms",
+        description="Microbenchmarks of candidates (throughput, numerics) and of scan algorithms (scans).",
+    )
+    bsub = bench.add_subparsers(dest="bench_command", metavar="{throughput,numerics,scans}")
+    bsub.required = True
+
+    p = bsub.add_parser(
+        "throughput",
+        help="fwd, fwd+bwd and decode-step time, tokens/s, peak memory, exponent in T",
+        description=(
+            "Time forward, forward+backward and the decode step over a grid of T. CPU default: B=1, "
+            "D=64, T in 256,1024,4096,8192, fp32, 1 thread, the parallel implementation; CUDA: T up to "
+            "65536, every implementation but 'recurrent', TFLOP/s and fraction of peak. A call over "
+            "--time-cap seconds (measured or predicted from shorter T) is a skipped row."
+        ),
+    )
+    _add_selection(p)
+    _add_common(p)
+    p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
+    p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
+    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timed calls per shape")
+    p.add_argument(
+        "--baseline", default="softmax", help="candidate measured alongside ('none' for no baseline)"
+    )
+    p.set_defaults(func=cmd_throughput)
+
+    p = bsub.add_parser(
+        "numerics",
+        help="error of every implementation vs float64, and long-sequence stability",
+        description=(
+            "Output, final-state and input-gradient error of each implementation against the float64 "
+            "recurrent form, per dtype and T; stability (finite output, bounded state) at --stability-len."
+        ),
+    )
+    _add_selection(p)
+    _add_common(p)
+    p.add_argument("--stability-len", type=int, default=16384, help="T of the stability check (0: skip)")
+    p.add_argument("--stability-dtypes", type=_names, default=["float32"])
+    p.add_argument(
+        "--time-cap",
+        type=float,
+        default=120.0,
+        help="seconds per (candidate, T) before longer T's are skipped",
+    )
+    p.set_defaults(func=cmd_numerics)
+
+    p = bsub.add_parser(
+        "scans",
+        help="one recurrence, many algorithms: dense scans, DPLR resolvent, DeltaNet chunk",
+        description=(
+            "Error (vs float64 sequential) and time of: sequential / Hillis-Steele / Blelloch / chunkwise / "
+            "cyclic reduction for dense h_t = A_t h_{t-1} + b_t (seed 026); Woodbury vs truncated Neumann "
+            "for the DPLR resolvent (seed 011); naive WY vs block-SSD for the DeltaNet chunk (seed 002)."
+        ),
+    )
+    _add_common(p)
+    p.add_argument("--families", type=_names, help="comma-separated subset of dense,resolvent,deltanet")
+    p.add_argument("--state-sizes", type=_ints, help="dense family: state sizes N (default 16,64)")
+    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--neumann-ks", type=_ints, help="resolvent family: Neumann terms (default 1,2,4,8,16)")
+    p.add_argument("--time-cap", type=float, default=2.0, help="seconds per call")
+    p.add_argument("--min-run-time", type=float, default=0.2)
+    p.set_defaults(func=cmd_scans)
+    return bench
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> RecordStore | None:
+    return None if args.no_store else RecordStore(args.results_dir)
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    names = [n for group in (args.candidates or []) for n in group]
+    return resolve_candidates(names, args.group)
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"written to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def _summary(rows: Sequence[dict[str, Any]], seconds: float, what: str) -> None:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+    reused = sum(1 for r in rows if r.get("reused"))
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    print(f"{what}: {len(rows)} rows ({parts}; {reused} reused) in {seconds:.1f} s", file=sys.stderr)
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    from harness.bench.throughput import PASSES, ThroughputConfig, run_throughput
+
+    names = _selected(args)
+    cfg = ThroughputConfig(
+        device=args.device,
+        dtypes=args.dtypes or (("float32", "bfloat16") if args.device == "cuda" else ("float32",)),
+        seq_lens=args.seq_lens,
+        batch=args.batch or 1,
+        d_model=args.d_model,
+        passes=args.passes or PASSES,
+        impls=args.impls,
+        time_cap=args.time_cap,
+        min_run_time=args.min_run_time,
+        threads=args.threads,
+        baseline=None if args.baseline in ("", "none") else args.baseline,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    rows = run_throughput(names, cfg, _store(args))
+    _summary(rows, time.perf_counter() - t0, "throughput")
+    _emit(args, report.render(report.throughput_table(rows), args.format, rows))
+    return 1 if any(r.get("status") == "error" for r in rows) else 0
+
+
+def cmd_numerics(args: argparse.Namespace) -> int:
+    from harness.bench.numerics import NumericsConfig, run_numerics
+
+    names = _selected(args)
+    kw: dict[str, Any] = {}
+    if args.dtypes:
+        kw["dtypes"] = args.dtypes
+    if args.seq_lens:
+        kw["seq_lens"] = args.seq_lens
+    cfg = NumericsConfig(
+        device=args.device,
+        batch=args.batch or 2,
+        d_model=args.d_model,
+        impls=args.impls,
+        stability_len=args.stability_len,
+        stability_dtypes=args.stability_dtypes,
+        time_cap=args.time_cap,
+        threads=args.threads,
+        force=args.force,
+        progress=not args.no_progress,
+        **kw,
+    )
+    t0 = time.perf_counter()
+    rows = run_numerics(names, cfg, _store(args))
+    _summary(rows, time.perf_counter() - t0, "numerics")
+    if args.format in ("json", "csv"):
+        table = report.numerics_table(rows)
+        stab = report.stability_table(rows)
+        both = pd.concat([table.assign(check="error"), stab.assign(check="stability")], ignore_index=True)
+        text = report.render(both, args.format, rows)
+    else:
+        text = report.render(report.numerics_table(rows), args.format)
+        stab = report.stability_table(rows)
+        if not stab.empty:
+            text += "\n\nlong-sequence stability (parallel output, recurrent state)\n"
+            text += report.render(stab, args.format)
+    _emit(args, text)
+    return 1 if any(r.get("status") == "error" for r in rows) else 0
+
+
+def cmd_scans(args: argparse.Namespace) -> int:
+    from harness.bench.scans import FAMILIES, ScansConfig, run_scans
+
+    kw: dict[str, Any] = {}
+    if args.dtypes:
+        kw["dtypes"] = args.dtypes
+    if args.state_sizes:
+        kw["state_sizes"] = args.state_sizes
+    if args.neumann_ks:
+        kw["neumann_ks"] = args.neumann_ks
+    cfg = ScansConfig(
+        device=args.device,
+        families=args.families or FAMILIES,
+        seq_lens=args.seq_lens,
+        chunk_size=args.chunk_size,
+        batch=args.batch or 1,
+        time_cap=args.time_cap,
+        min_run_time=args.min_run_time,
+        threads=args.threads,
+        force=args.force,
+        progress=not args.no_progress,
+        **kw,
+    )
+    t0 = time.perf_counter()
+    rows = run_scans(cfg, _store(args))
+    _summary(rows, time.perf_counter() - t0, "scans")
+    _emit(args, report.render(report.scans_table(rows), args.format, rows))
+    return 1 if any(r.get("status") == "error" for r in rows) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="mixer-harness microbenchmarks")
+    sub = parser.add_subparsers(dest="command", metavar="bench")
+    sub.required = True
+    add_bench_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("bench", "-h", "--help"):
+        argv = ["bench", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (RegistryError, ValueError) as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished measurements are stored and will be reused", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Throughput of candidates: forward, forward+backward, and the per-token decode ``step``.
+
+Over a grid of sequence lengths (and batch, d_model, dtype), each pass of each implementation is
+timed after warmup (see ``harness.bench.timing`` for the method: ``torch.utils.benchmark`` on CPU,
+``triton.testing.do_bench`` with an L2 flush on CUDA) and reported as median with p20 / p80 per
+call, tokens/s, and the peak extra memory of one call. On CUDA the FLOPs of one call
+(``torch.utils.flop_counter``) give achieved TFLOP/s and the fraction of the device's peak.
+
+The passes:
+
+- ``fwd``: the implementation under ``torch.no_grad()`` (inference), module in eval mode;
+- ``fwd_bwd``: ``zero_grad``, forward with an input that requires grad, ``backward`` of a fixed
+  random output gradient (what a training step does), module in train mode;
+- ``step``: one ``step(x_t, state)`` call under ``no_grad`` with the state reached after ``T``
+  tokens (built by stepping through ``T`` random tokens, once per candidate and growing with T), so
+  softmax's growing KV cache is timed at its real size; tokens/s = batch / time.
+
+Implementations: ``parallel`` (``forward``) on CPU; on CUDA every entry of ``implementations()`` but
+the ``recurrent`` reference (e.g. a ``triton`` fast path). ``impls=`` overrides.
+
+Shapes a candidate cannot run are ``skipped`` rows with the reason, never dropped: needs CUDA,
+dtype not in ``supported_dtypes``, out of memory, or the time cap — a call predicted (from the
+shorter T's and the fitted exponent) or measured to take longer than ``time_cap`` seconds. Errors
+are ``error`` rows. Finished rows are records of kind ``throughput``; a rerun reuses them unless
+``force``. The baseline (softmax by default) is always run with the others and is re-measured
+whenever any other row is measured, so ``x_base`` (time / baseline time at the same shape) compares
+numbers from one process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from harness.bench import common
+from harness.bench.common import (
+    RecordWriter,
+    candidate_identity,
+    device_identity,
+    dtype_name,
+    is_oom,
+    parse_dtype,
+    progress,
+    resolve_device,
+    short_error,
+)
+from harness.bench.timing import (
+    count_flops,
+    fit_exponent,
+    peak_memory_bytes,
+    peak_tflops,
+    time_cpu,
+    time_cuda,
+    time_once,
+)
+from harness.registry import get_candidate
+from harness.results import RecordStore
+
+METHOD_VERSION = 1
+PASSES = ("fwd", "fwd_bwd", "step")
+CPU_SEQ_LENS = (256, 1024, 4096, 8192)
+CUDA_SEQ_LENS = (1024, 4096, 16384, 65536)
+
+
+@dataclass
+class ThroughputConfig:
+    """Grid and method settings; ``None`` fields take the device's defaults."""
+
+    device: str = "cpu"
+    dtypes: Sequence[str] = ("float32",)
+    seq_lens: Sequence[int] | None = None  # CPU_SEQ_LENS / CUDA_SEQ_LENS
+    batch: int = 1
+    d_model: int = 64
+    passes: Sequence[str] = PASSES
+    impls: Sequence[str] | None = None
+    time_cap: float | None = None  # seconds per call: 1.0 on CPU, 10.0 on CUDA
+    decode_build_cap: float = 60.0  # seconds to step through T tokens to reach the decode state
+    min_run_time: float = 0.2
+    min_samples: int = 5
+    threads: int | None = None  # torch threads; None: 1 on CPU (stable on a shared machine), else torch's
+    baseline: str | None = "softmax"
+    force: bool = False
+    progress: bool = True
+
+    def resolved(self) -> ThroughputConfig:
+        dev = resolve_device(self.device)
+        for p in self.passes:
+            if p not in PASSES:
+                raise ValueError(f"unknown pass {p!r}; allowed: {', '.join(PASSES)}")
+        seq = tuple(sorted(set(self.seq_lens or (CUDA_SEQ_LENS if dev.type == "cuda" else CPU_SEQ_LENS))))
+        if any(t < 1 for t in seq) or self.batch < 1 or self.d_model < 1:
+            raise ValueError(
+                f"seq_lens, batch and d_model must be positive: {seq}, {self.batch}, {self.d_model}"
+            )
+        cap = self.time_cap if self.time_cap is not None else (10.0 if dev.type == "cuda" else 1.0)
+        dtypes = tuple(dtype_name(parse_dtype(d)) for d in self.dtypes)
+        return ThroughputConfig(
+            **{
+                **asdict(self),
+                "device": str(dev),
+                "seq_lens": seq,
+                "time_cap": cap,
+                "dtypes": dtypes,
+                "threads": self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1),
+            }
+        )
+
+
+def run_throughput(
+    names: Sequence[str], config: ThroughputConfig | None = None, store: RecordStore | None = None
+) -> list[dict[str, Any]]:
+    """Measure every (candidate, dtype, impl, pass, T) of the grid; one row per job."""
+    cfg = (config or ThroughputConfig()).resolved()
+    device = torch.device(cfg.device)
+    names = list(names)
+    if cfg.baseline and cfg.baseline not in names:
+        get_candidate(cfg.baseline)
+        names.insert(0, cfg.baseline)
+    writer = RecordWriter(store, "throughput", device)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    rows: list[dict[str, Any]] = []
+    try:
+        # the baseline is re-measured whenever anything else is, so ratios come from one process
+        others_cached = all(_all_cached(n, cfg, writer) for n in names if n != cfg.baseline)
+        est_jobs = len(names) * len(cfg.dtypes) * len(cfg.seq_lens) * len(cfg.passes)
+        with progress(est_jobs, "throughput", cfg.progress) as bar:
+            for name in names:
+                force = cfg.force or (name == cfg.baseline and not others_cached)
+                rows.extend(_run_candidate(name, cfg, device, writer, force, bar))
+    finally:
+        torch.set_num_threads(prev_threads)
+    add_exponents(rows)
+    add_baseline_ratios(rows, cfg.baseline)
+    return rows
+
+
+# -- one candidate ---------------------------------------------------------------------------------
+
+
+def _impl_names(model, device: torch.device, wanted: Sequence[str] | None) -> list[str]:
+    available = list(model.implementations())
+    if wanted:
+        return [i for i in wanted if i in available] or []
+    if device.type == "cuda":
+        return [i for i in available if i != "recurrent"]
+    return ["parallel"] if "parallel" in available else available[:1]
+
+
+def _jobs(cfg: ThroughputConfig, impls: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(pass, impl, T) in run order: T ascending within each (pass, impl) series."""
+    out = []
+    for p in cfg.passes:
+        for impl in ["step"] if p == "step" else impls:
+            out.extend((p, impl, t) for t in cfg.seq_lens)
+    return out
+
+
+def _identity(name: str, cfg: ThroughputConfig, dtype: str, p: str, impl: str, T: int) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    return {
+        "bench": "throughput",
+        "method_version": METHOD_VERSION,
+        **candidate_identity(name),
+        "pass": p,
+        "impl": impl,
+        "batch": cfg.batch,
+        "seq_len": T,
+        "d_model": cfg.d_model,
+        "dtype": dtype,
+        **device_identity(device, cfg.threads),
+    }
+
+
+def _all_cached(name: str, cfg: ThroughputConfig, writer: RecordWriter) -> bool:
+    if cfg.force or writer.store is None:
+        return False
+    spec = get_candidate(name)
+    device = torch.device(cfg.device)
+    if spec.needs_cuda and device.type != "cuda":
+        return True  # nothing to measure
+    model = spec.build(cfg.d_model)
+    impls = _impl_names(model, device, cfg.impls)
+    for dtype in cfg.dtypes:
+        if parse_dtype(dtype) not in spec.cls.supported_dtypes:
+            continue
+        for p, impl, T in _jobs(cfg, impls):
+            if writer.cached(_identity(name, cfg, dtype, p, impl, T), False) is None:
+                return False
+    return True
+
+
+def _base_row(name: str, cfg: ThroughputConfig, dtype: str, p: str, impl: str, T: int) -> dict[str, Any]:
+    device = torch.device(cfg.device)
+    return {
+        "candidate": name,
+        "pass": p,
+        "impl": impl,
+        "dtype": dtype,
+        "batch": cfg.batch,
+        "seq_len": T,
+        "d_model": cfg.d_model,
+        **device_identity(device, cfg.threads),
+        "status": "ok",
+        "reason": None,
+    }
+
+
+def _run_candidate(
+    name: str, cfg: ThroughputConfig, device: torch.device, writer: RecordWriter, force: bool, bar
+) -> list[dict[str, Any]]:
+    spec = get_candidate(name)
+    rows: list[dict[str, Any]] = []
+    for dtype_str in cfg.dtypes:
+        dtype = parse_dtype(dtype_str)
+        reason = None
+        if spec.needs_cuda and device.type != "cuda":
+            reason = "needs CUDA"
+        elif dtype not in spec.cls.supported_dtypes:
+            reason = f"{dtype_str} not in the candidate's supported_dtypes"
+        model = None
+        impls: list[str] = ["parallel"]
+        if reason is None:
+            try:
+                torch.manual_seed(0)
+                model = spec.build(cfg.d_model).to(device=device, dtype=dtype)
+                impls = _impl_names(model, device, cfg.impls)
+            except Exception as e:  # a candidate that cannot be built at this size is a row, not a crash
+                reason = f"build failed: {short_error(e)}"
+        jobs = _jobs(cfg, impls)
+        bar.total += len(jobs) - len(cfg.seq_lens) * len(cfg.passes)  # the estimate assumed one impl
+        bar.refresh()
+        if reason is not None or model is None:
+            for p, impl, T in jobs:
+                row = _base_row(name, cfg, dtype_str, p, impl, T) | {"status": "skipped", "reason": reason}
+                rows.append(_finish(row, writer, _identity(name, cfg, dtype_str, p, impl, T), cfg))
+                bar.update(1)
+            continue
+        runner = _CandidateRunner(name, model, cfg, device, dtype, writer, force)
+        for p, impl, T in jobs:
+            bar.set_postfix_str(f"{name} {p} {impl} T={T}", refresh=False)
+            rows.append(runner.run(p, impl, T))
+            bar.update(1)
+    return rows
+
+
+def _finish(row: dict[str, Any], writer: RecordWriter, identity: dict[str, Any], cfg: ThroughputConfig):
+    config = {
+        "time_cap": cfg.time_cap,
+        "min_run_time": cfg.min_run_time,
+        "min_samples": cfg.min_samples,
+        "decode_build_cap": cfg.decode_build_cap,
+    }
+    rec = writer.save(identity, row, config)
+    return row | {"run_id": rec["run_id"], "session": common.SESSION, "reused": False}
+
+
+class _CandidateRunner:
+    """Measures the jobs of one (candidate, dtype): holds the model, inputs and the decode state."""
+
+    def __init__(self, name, model, cfg: ThroughputConfig, device, dtype, writer, force) -> None:
+        self.name, self.model, self.cfg, self.device, self.dtype = name, model, cfg, device, dtype
+        self.writer, self.force = writer, force
+        self.history: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (pass, impl) -> (T, s)
+        self.state = None
+        self.state_pos = 0
+        self.step_estimate: float | None = None
+        gen = torch.Generator().manual_seed(1)
+        self.decode_inputs = torch.randn(cfg.batch, 64, cfg.d_model, generator=gen).to(device, dtype)
+
+    def run(self, p: str, impl: str, T: int) -> dict[str, Any]:
+        dtype_str = dtype_name(self.dtype)
+        identity = _identity(self.name, self.cfg, dtype_str, p, impl, T)
+        cached = self.writer.cached(identity, self.force)
+        if cached is not None:
+            row = dict(cached["result"]) | {
+                "run_id": cached["run_id"],
+                "session": cached.get("session"),
+                "reused": True,
+            }
+            if row.get("median_s"):
+                self.history.setdefault((p, impl), []).append((T, row["median_s"]))
+            return row
+        row = _base_row(self.name, self.cfg, dtype_str, p, impl, T)
+        try:
+            row |= self._measure(p, impl, T)
+        except Exception as e:
+            if is_oom(e):
+                row |= {"status": "skipped", "reason": f"out of memory ({short_error(e)[:120]})"}
+            else:
+                row |= {"status": "error", "reason": short_error(e)}
+            self._cleanup()
+        if row.get("status") == "ok":
+            self.history.setdefault((p, impl), []).append((T, row["median_s"]))
+        return _finish(row, self.writer, identity, self.cfg)
+
+    def _cleanup(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- time cap ----------------------------------------------------------------------------------
+    def _predicted(self, p: str, impl: str, T: int) -> tuple[float, str] | None:
+        hist = self.history.get((p, impl), [])
+        if not hist:
+            return None
+        t_last, s_last = max(hist)
+        fitted = fit_exponent([h[0] for h in hist], [h[1] for h in hist]) if len(hist) > 1 else None
+        floor = 0.0 if p == "step" else 1.0  # a sequence pass is at least linear in T
+        e = max(fitted if fitted is not None else floor, floor)
+        pred = s_last * (T / t_last) ** e
+        return pred, f"predicted {pred:.3g} s per call from T={t_last} ({s_last:.3g} s) at exponent {e:.2f}"
+
+    # -- measuring ---------------------------------------------------------------------------------
+    def _make_fn(self, p: str, impl: str, T: int) -> tuple[Callable[[], object], list[torch.Tensor], int]:
+        cfg, model = self.cfg, self.model
+        gen = torch.Generator().manual_seed(T)
+        x = torch.randn(cfg.batch, T, cfg.d_model, generator=gen).to(self.device, self.dtype)
+        if p == "step":
+            model.eval()
+            x_t = self.decode_inputs[:, 0]
+            state = self.state
+
+            def fn():
+                with torch.no_grad():
+                    return model.step(x_t, state)
+
+            return fn, [], cfg.batch
+        impl_fn = model.implementations()[impl]
+        if p == "fwd":
+            model.eval()
+
+            def fn():
+                with torch.no_grad():
+                    return impl_fn(x)
+
+            return fn, [], cfg.batch * T
+        model.train()
+        xg = x.detach().requires_grad_(True)
+        g = torch.randn(cfg.batch, T, cfg.d_model, generator=gen).to(self.device, self.dtype)
+
+        def fn():
+            model.zero_grad(set_to_none=True)
+            xg.grad = None
+            impl_fn(xg).backward(g)
+
+        return fn, [xg], cfg.batch * T
+
+    def _advance_state(self, T: int) -> str | None:
+        """Step the decode state forward to T tokens; a reason string if that would exceed the cap."""
+        model = self.model
+        model.eval()
+        with torch.no_grad():
+            if self.state is None:
+                self.state = model.init_state(self.cfg.batch, device=self.device, dtype=self.dtype)
+                self.state_pos = 0
+            if self.step_estimate is None:
+                self.step_estimate = time_once(
+                    lambda: model.step(self.decode_inputs[:, 0], self.state), self.device
+                )
+            need = T - self.state_pos
+            pred = need * self.step_estimate
+            if pred > self.cfg.decode_build_cap:
+                return (
+                    f"building the decode state needs {need} more steps, predicted {pred:.3g} s "
+                    f"> decode_build_cap {self.cfg.decode_build_cap} s"
+                )
+            n_in = self.decode_inputs.shape[1]
+            for t in range(self.state_pos, T):
+                _, self.state = model.step(self.decode_inputs[:, t % n_in], self.state)
+            self.state_pos = T
+        return None
+
+    def _measure(self, p: str, impl: str, T: int) -> dict[str, Any]:
+        cap = self.cfg.time_cap
+        pred = self._predicted(p, impl, T)
+        if pred is not None and pred[0] > cap:
+            return {"status": "skipped", "reason": f"time cap {cap} s: {pred[1]}"}
+        if p == "step":
+            why = self._advance_state(T)
+            if why:
+                return {"status": "skipped", "reason": why}
+        fn, grads, tokens = self._make_fn(p, impl, T)
+        first = time_once(fn, self.device)  # warmup; includes one-time costs (compilation, caches)
+        if first > 10 * cap:  # the first call may carry one-time costs; this one is hopeless anyway
+            return {"status": "skipped", "reason": f"time cap {cap} s: the first call took {first:.3g} s"}
+        call = time_once(fn, self.device)
+        if call > cap:
+            return {"status": "skipped", "reason": f"time cap {cap} s: one call took {call:.3g} s"}
+        peak, mem_method = peak_memory_bytes(fn, self.device)
+        out: dict[str, Any] = {"peak_mem_bytes": peak, "mem_method": mem_method}
+        if self.device.type == "cuda":
+            flops = count_flops(fn)
+            stats = time_cuda(fn, grad_to_none=grads)
+        else:
+            flops = None
+            stats = time_cpu(fn, self.cfg.threads, call, self.cfg.min_run_time, self.cfg.min_samples)
+        self.model.zero_grad(set_to_none=True)
+        out |= {
+            "median_s": stats.median,
+            "p20_s": stats.p20,
+            "p80_s": stats.p80,
+            "n_samples": stats.n,
+            "timing_method": stats.method,
+            "tokens_per_call": tokens,
+            "tokens_per_s": tokens / stats.median,
+            "flops": flops,
+        }
+        if flops:
+            peak_tf, peak_key = peak_tflops(self.writer.env["device_name"], self.dtype)
+            achieved = flops / stats.median / 1e12
+            out |= {
+                "tflops": achieved,
+                "peak_tflops": peak_tf,
+                "peak_key": peak_key,
+                "peak_frac": (achieved / peak_tf) if peak_tf else None,
+            }
+        return out
+
+
+# -- derived columns -------------------------------------------------------------------------------
+
+
+def series_key(row: dict[str, Any]) -> tuple:
+    return tuple(
+        row.get(k)
+        for k in ("candidate", "pass", "impl", "dtype", "batch", "d_model", "device_name", "threads")
+    )
+
+
+def add_exponents(rows: list[dict[str, Any]]) -> None:
+    """``exponent``: log-log least-squares slope of median time in T over each series' ok rows."""
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault(series_key(r), []).append(r)
+    for members in series.values():
+        ok = [r for r in members if r.get("status") == "ok" and r.get("median_s")]
+        e = fit_exponent([r["seq_len"] for r in ok], [r["median_s"] for r in ok])
+        for r in members:
+            r["exponent"] = e
+            r["exponent_points"] = len(ok)
+
+
+def add_baseline_ratios(rows: list[dict[str, Any]], baseline: str | None) -> None:
+    """``x_base``: time / baseline's time at the same shape, when both were measured in one session."""
+    if not baseline:
+        return
+    base: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r["candidate"] == baseline and r.get("status") == "ok":
+            impl = "step" if r["pass"] == "step" else "any"
+            if r["impl"] in ("parallel", "step"):
+                base[(r["pass"], impl, r["dtype"], r["batch"], r["seq_len"], r["d_model"])] = r
+    for r in rows:
+        impl = "step" if r["pass"] == "step" else "any"
+        b = base.get((r["pass"], impl, r["dtype"], r["batch"], r["seq_len"], r["d_model"]))
+        ok = r.get("status") == "ok" and b is not None and b.get("session") == r.get("session")
+        r["x_base"] = r["median_s"] / b["median_s"] if ok and not math.isclose(b["median_s"], 0) else None

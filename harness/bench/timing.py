@@ -1,0 +1,225 @@
+"""Timing, peak memory, FLOP counting and the scaling-exponent fit shared by the benchmarks.
+
+- CPU: ``torch.utils.benchmark.Timer`` (which sets the thread count and synchronises), blocks of
+  calls timed until ``min_run_time`` has passed and ``min_samples`` blocks ran; the per-call times of
+  the blocks give the median and the 20th / 80th percentiles.
+- CUDA: ``triton.testing.do_bench`` (it clears a 256 MB buffer before each call, flushing L2, and
+  reports quantiles of CUDA-event times); without triton, CUDA events around each call with the same
+  flush done by hand.
+- Peak memory, CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus what
+  was allocated before the call. CPU: the process's resident-set high-water mark (``VmHWM`` in
+  ``/proc/self/status``), reset by writing ``5`` to ``/proc/self/clear_refs`` after ``malloc_trim``
+  returns freed heap pages, minus the RSS before the call. This counts every allocation of the call
+  (torch's CPU allocator is plain malloc), at page granularity, and is Linux-only; elsewhere the
+  peak is reported as unavailable. ``tracemalloc`` would see none of torch's memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CPU_MEMORY_METHOD = "rss-hwm-delta (/proc/self/clear_refs + VmHWM, after malloc_trim)"
+CUDA_MEMORY_METHOD = "torch.cuda.max_memory_allocated delta"
+
+# Dense peak throughput in TFLOP/s by (device-name fragment, dtype), from the vendors' datasheets
+# (SXM parts; no sparsity). fp32 is the CUDA-core rate: torch does not use TF32 for fp32 matmuls
+# unless ``torch.backends.cuda.matmul.allow_tf32`` is set, in which case the tf32 rate applies.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4, "float64": 67.0},
+    "H100 PCIe": {"float32": 51.2, "tf32": 378.0, "bfloat16": 756.0, "float16": 756.0, "float64": 51.2},
+    "H100": {"float32": 67.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4, "float64": 67.0},
+    "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0, "float64": 19.5},
+}
+
+
+@dataclass
+class Stats:
+    """Per-call times in seconds: median and 20th / 80th percentiles over ``n`` samples."""
+
+    median: float
+    p20: float
+    p80: float
+    n: int
+    method: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stats_from(times: Sequence[float], method: str) -> Stats:
+    arr = np.asarray(times, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("no timing samples")
+    return Stats(
+        median=float(np.median(arr)),
+        p20=float(np.percentile(arr, 20)),
+        p80=float(np.percentile(arr, 80)),
+        n=int(arr.size),
+        method=method,
+    )
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call (synchronised on CUDA): for warmup and the time-cap check."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cpu(
+    fn: Callable[[], object],
+    threads: int,
+    call_estimate: float,
+    min_run_time: float = 0.2,
+    min_samples: int = 5,
+    max_run_time: float = 30.0,
+) -> Stats:
+    """Median / p20 / p80 per-call time from blocks timed by ``torch.utils.benchmark.Timer``.
+
+    Blocks of ``number`` calls (about 1 ms or one call, whichever is longer, so the timer overhead is
+    negligible) are timed with ``Timer.timeit`` until ``min_run_time`` has passed and at least
+    ``min_samples`` blocks ran (or ``max_run_time``). ``blocked_autorange`` is not used because its
+    block size grows in powers of ten, which for 5-50 ms calls leaves one or two blocks in a short run.
+    """
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    number = max(1, round(1e-3 / max(call_estimate, 1e-9)))
+    times: list[float] = []
+    total = 0.0
+    while (total < min_run_time or len(times) < min_samples) and total < max_run_time:
+        m = timer.timeit(number)
+        times.extend(m.times)
+        total += m.raw_times[0]
+    return stats_from(times, f"torch.utils.benchmark.Timer.timeit blocks of {number}")
+
+
+def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None = None) -> Stats:
+    """Quantiles of CUDA-event times with an L2 flush before each call."""
+    try:
+        from triton.testing import do_bench
+    except Exception:  # triton missing or broken on this machine: events by hand
+        return _time_cuda_events(fn, grad_to_none)
+    p20, med, p80 = do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, quantiles=[0.2, 0.5, 0.8])
+    # do_bench runs as many calls as fit in ``rep`` ms (at least one): its sample count is not exposed
+    return Stats(median=med / 1e3, p20=p20 / 1e3, p80=p80 / 1e3, n=-1, method="triton.testing.do_bench")
+
+
+def _time_cuda_events(fn: Callable[[], object], grad_to_none, reps: int = 30) -> Stats:
+    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        for t in grad_to_none or ():
+            t.grad = None
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return stats_from(times, "cuda events + L2 flush")
+
+
+# -- peak memory ---------------------------------------------------------------------------------
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str]:
+    """Extra memory at the peak of one call of ``fn`` over what was in use before; and the method."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - before), CUDA_MEMORY_METHOD
+    _malloc_trim()
+    if not _reset_hwm():
+        return None, "unavailable (no /proc/self/clear_refs)"
+    before = _proc_status_kb("VmRSS")
+    fn()
+    peak = _proc_status_kb("VmHWM")
+    if before is None or peak is None:
+        return None, "unavailable (no VmRSS/VmHWM)"
+    return max(0, peak - before) * 1024, CPU_MEMORY_METHOD
+
+
+# -- FLOPs and peaks -----------------------------------------------------------------------------
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call as counted by ``torch.utils.flop_counter`` (matmuls, convolutions,
+    attention; elementwise work is not counted, so scans and elementwise recurrences undercount)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_tflops(device_name: str, dtype: torch.dtype) -> tuple[float | None, str | None]:
+    """(peak TFLOP/s, table key) for a device name and compute dtype, or (None, None) if unknown."""
+    key = str(dtype).replace("torch.", "")
+    if key == "float32" and torch.backends.cuda.matmul.allow_tf32:
+        key = "tf32"
+    for fragment, table in PEAK_TFLOPS.items():  # more specific names first
+        if fragment.lower() in device_name.lower():
+            return table.get(key), f"{fragment}/{key}"
+    return None, None
+
+
+# -- scaling exponent ----------------------------------------------------------------------------
+
+
+def fit_exponent(seq_lens: Sequence[float], times: Sequence[float]) -> float | None:
+    """Least-squares slope of log(time) on log(T): time ~ T^slope. None with fewer than 2 distinct T."""
+    pts = [(math.log(t), math.log(y)) for t, y in zip(seq_lens, times) if t > 0 and y > 0]
+    if len({p[0] for p in pts}) < 2:
+        return None
+    x = np.array([p[0] for p in pts])
+    y = np.array([p[1] for p in pts])
+    slope = np.polyfit(x, y, 1)[0]
+    return float(slope)

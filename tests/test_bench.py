@@ -1,0 +1,331 @@
+"""The microbenchmarks (harness.bench): timing stats, exponent fit, skipped rows, records, numerics, CLI.
+
+Tiny shapes only; no assertion on wall-time values (the machine is shared), only on their sanity.
+Temporary candidates are registered inside fixtures (after collection, so the conformance suite never
+sees them) and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from harness import Mixer, register_candidate
+from harness import registry as reg
+from harness.bench import common, report
+from harness.bench.cli import main as bench_main
+from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
+from harness.bench.scans import ScansConfig, run_scans
+from harness.bench.throughput import ThroughputConfig, run_throughput
+from harness.bench.timing import fit_exponent, peak_memory_bytes, stats_from, time_cpu
+from harness.results import RecordStore
+
+TINY = dict(d_model=32, batch=1, min_run_time=0.01, min_samples=3, progress=False)
+
+
+# -- temporary candidates ----------------------------------------------------------------------------
+
+
+class _Scale(Mixer):
+    """y_t = w * x_t, with optional sleeping (time ~ T) and a failure at a given T."""
+
+    def __init__(self, d_model: int, sleep_per_token: float = 0.0, fail_at: int = 0) -> None:
+        super().__init__(d_model)
+        self.w = nn.Parameter(torch.linspace(0.5, 1.5, d_model))
+        self.sleep_per_token, self.fail_at = sleep_per_token, fail_at
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fail_at and x.shape[1] >= self.fail_at:
+            raise RuntimeError(f"deliberate failure at T={x.shape[1]}")
+        if self.sleep_per_token:
+            time.sleep(self.sleep_per_token * x.shape[1])
+        return x * self.w
+
+    def init_state(self, batch, device=None, dtype=None):
+        return torch.zeros(batch, 1, device=device, dtype=dtype)
+
+    def step(self, x_t, state):
+        return x_t * self.w, state + 1
+
+
+class _CudaOnly(_Scale):
+    needs_cuda = True
+
+
+class _Fp32Only(_Scale):
+    supported_dtypes = (torch.float32, torch.float64)
+
+
+class _HalfWritten(_Scale):
+    """An extra implementation that allocates its output with torch.empty and writes only half of it."""
+
+    def implementations(self):
+        def half_written(x: Tensor) -> Tensor:
+            out = torch.empty_like(x)
+            half = x.shape[1] // 2
+            out[:, :half] = x[:, :half] * self.w
+            return out
+
+        return {**super().implementations(), "half_written": half_written}
+
+
+FAKES = {
+    "_bench-sleepy": (_Scale, {"sleep_per_token": 2e-4}),
+    "_bench-failing": (_Scale, {"fail_at": 32}),
+    "_bench-cuda-only": (_CudaOnly, {}),
+    "_bench-fp32-only": (_Fp32Only, {}),
+    "_bench-half-written": (_HalfWritten, {}),
+}
+
+
+@pytest.fixture
+def fakes():
+    for name, (cls, preset) in FAKES.items():
+        register_candidate(name, groups=("_bench-test",), **preset)(cls)
+    yield list(FAKES)
+    for name in FAKES:
+        reg._CANDIDATES.pop(name, None)
+    reg._HASH_CACHE.clear()
+
+
+# -- timing primitives ----------------------------------------------------------------------------------
+
+
+def test_stats_and_cpu_timer_are_sane():
+    s = stats_from([3.0, 1.0, 2.0, 5.0, 4.0], "test")
+    assert (s.p20, s.median, s.p80, s.n) == (pytest.approx(1.8), 3.0, pytest.approx(4.2), 5)
+    x = torch.randn(64, 64)
+    st = time_cpu(lambda: x @ x, threads=1, call_estimate=1e-5, min_run_time=0.01, min_samples=4)
+    assert st.n >= 4 and 0 < st.p20 <= st.median <= st.p80 < 1.0
+
+
+def test_exponent_fit_on_synthetic_times():
+    T = np.array([256, 1024, 4096, 8192])
+    rng = np.random.default_rng(0)
+    noise = np.exp(rng.normal(0, 0.02, size=T.size))
+    assert fit_exponent(T, 3e-9 * T**2 * noise) == pytest.approx(2.0, abs=0.05)
+    assert fit_exponent(T, 1e-6 * T * noise) == pytest.approx(1.0, abs=0.05)
+    assert fit_exponent(T, np.full(T.size, 1e-3)) == pytest.approx(0.0, abs=1e-9)
+    assert fit_exponent([1024], [0.1]) is None
+    assert fit_exponent([1024, 1024], [0.1, 0.2]) is None
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    def alloc():
+        t = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
+        return t.sum()
+
+    peak, method = peak_memory_bytes(alloc, torch.device("cpu"))
+    if peak is None:
+        pytest.skip(f"peak memory unavailable here: {method}")
+    assert 60 * 2**20 <= peak < 1024 * 2**20, (peak, method)
+
+
+# -- throughput ---------------------------------------------------------------------------------------
+
+
+def test_throughput_softmax_and_linear_attention(tmp_path):
+    cfg = ThroughputConfig(seq_lens=(16, 64), **TINY)
+    rows = run_throughput(["linear-attention"], cfg, RecordStore(tmp_path))
+    assert {r["candidate"] for r in rows} == {"softmax", "linear-attention"}  # baseline added
+    assert {r["pass"] for r in rows} == {"fwd", "fwd_bwd", "step"}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert 0 < r["p20_s"] <= r["median_s"] <= r["p80_s"]
+        assert r["n_samples"] >= 3
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_call"] / r["median_s"])
+        assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
+        assert r["exponent"] is not None and math.isfinite(r["exponent"])
+        assert r["x_base"] is not None and r["x_base"] > 0
+        assert r["threads"] == 1 and r["session"]
+    assert all(r["x_base"] == 1.0 for r in rows if r["candidate"] == "softmax")
+    text = report.render(report.throughput_table(rows), "table")
+    assert "linear-attention" in text and "fwd_bwd" in text and "exponent" in text
+
+
+def test_throughput_records_written_and_reused(tmp_path):
+    store = RecordStore(tmp_path)
+    cfg = ThroughputConfig(seq_lens=(16, 32), passes=("fwd",), baseline=None, **TINY)
+    first = run_throughput(["linear-attention"], cfg, store)
+    files = sorted((tmp_path / "runs" / "throughput").glob("*.json"))
+    assert len(files) == 2 and not any(r["reused"] for r in first)
+    rec = json.loads(files[0].read_text())
+    assert rec["kind"] == "throughput" and rec["environment"]["torch"] == torch.__version__
+    assert {
+        "candidate",
+        "hparams",
+        "source_hash",
+        "seq_len",
+        "dtype",
+        "impl",
+        "device_name",
+        "threads",
+    } <= set(rec["identity"])
+    again = run_throughput(["linear-attention"], cfg, store)
+    assert all(r["reused"] for r in again)
+    assert [r["median_s"] for r in again] == [r["median_s"] for r in first]
+    cfg.force = True
+    forced = run_throughput(["linear-attention"], cfg, store)
+    assert not any(r["reused"] for r in forced)
+
+
+def test_baseline_remeasured_when_anything_else_is(tmp_path, monkeypatch):
+    store = RecordStore(tmp_path)
+    cfg = ThroughputConfig(seq_lens=(16,), passes=("fwd",), **TINY)
+    monkeypatch.setattr(common, "SESSION", "earlier-process")
+    run_throughput(["linear-attention"], cfg, store)
+    monkeypatch.setattr(common, "SESSION", "this-process")
+    rows = run_throughput(["linear-attention", "diagonal"], cfg, store)
+    by = {r["candidate"]: r for r in rows}
+    assert by["linear-attention"]["reused"] and not by["diagonal"]["reused"]
+    assert not by["softmax"]["reused"]  # re-measured next to the new candidate
+    assert by["diagonal"]["x_base"] is not None
+    assert by["linear-attention"]["x_base"] is None  # measured in another session than the baseline
+
+
+def test_skipped_rows_carry_reasons(fakes):
+    cfg = ThroughputConfig(
+        seq_lens=(8, 32, 4096), dtypes=("float32", "bfloat16"), time_cap=0.05, baseline=None, **TINY
+    )
+    rows = run_throughput(["_bench-sleepy", "_bench-failing", "_bench-cuda-only", "_bench-fp32-only"], cfg)
+
+    def pick(name, **kw):
+        return [r for r in rows if r["candidate"] == name and all(r[k] == v for k, v in kw.items())]
+
+    assert all(r["status"] == "skipped" and r["reason"] == "needs CUDA" for r in pick("_bench-cuda-only"))
+    assert len(pick("_bench-cuda-only")) == 2 * 3 * 3  # dtypes x passes x T: none dropped
+    bf16 = pick("_bench-fp32-only", dtype="bfloat16")
+    assert bf16 and all(r["status"] == "skipped" and "supported_dtypes" in r["reason"] for r in bf16)
+    assert all(r["status"] == "ok" for r in pick("_bench-fp32-only", dtype="float32"))
+    # sleepy: 2e-4 s per token -> T=4096 predicted ~0.8 s > cap 0.05 s: skipped without running it
+    long = pick("_bench-sleepy", dtype="float32", seq_len=4096, **{"pass": "fwd"})
+    assert long[0]["status"] == "skipped" and "predicted" in long[0]["reason"], long
+    assert pick("_bench-sleepy", dtype="float32", seq_len=8, **{"pass": "fwd"})[0]["status"] == "ok"
+    fail = pick("_bench-failing", dtype="float32", seq_len=32, **{"pass": "fwd"})[0]
+    assert fail["status"] == "error" and "deliberate failure" in fail["reason"]
+    table = report.throughput_table(rows)
+    assert table["note"].str.contains("needs CUDA").any() and table["note"].str.contains("time cap").any()
+
+
+def test_time_cap_on_a_measured_call(fakes):
+    cfg = ThroughputConfig(seq_lens=(64,), passes=("fwd",), time_cap=0.001, baseline=None, **TINY)
+    (row,) = run_throughput(["_bench-sleepy"], cfg)  # one call sleeps ~13 ms
+    assert row["status"] == "skipped" and "call took" in row["reason"] and "time cap" in row["reason"]
+
+
+# -- numerics ------------------------------------------------------------------------------------------
+
+
+def test_numerics_float64_near_zero_and_bf16_positive(tmp_path):
+    cfg = NumericsConfig(
+        dtypes=("float64", "bfloat16"),
+        seq_lens=(16, 48),
+        batch=1,
+        d_model=32,
+        stability_len=256,
+        stability_dtypes=("bfloat16",),
+        progress=False,
+    )
+    rows = run_numerics(["linear-attention"], cfg, RecordStore(tmp_path))
+    err = [r for r in rows if r["check"] == "error"]
+    assert {(r["impl"], r["dtype"], r["seq_len"]) for r in err} == {
+        (i, d, t) for i in ("parallel", "recurrent") for d in ("float64", "bfloat16") for t in (16, 48)
+    }
+    for r in err:
+        assert r["status"] == "ok" and r["finite"], r
+        if r["dtype"] == "float64":
+            assert r["out_rms"] < 1e-12 and r["grad_rms"] < 1e-12 and r["out_max_abs"] < 1e-12
+        else:
+            assert 1e-5 < r["out_rms"] < 0.1 and 1e-5 < r["grad_rms"] < 0.1
+        if r["impl"] == "recurrent":
+            assert r["state_err"] is not None and (r["state_err"] < 1e-12) == (r["dtype"] == "float64")
+        else:
+            assert r["state_err"] is None
+    (stab,) = [r for r in rows if r["check"] == "stability"]
+    assert stab["stable"] and stab["out_finite"] and stab["state_steps"] == 256
+    assert 1.0 < stab["state_growth"] < 10  # linear attention's sum grows ~4x from T/4 to T
+    assert all(r["stable_long"] is (True if r["dtype"] == "bfloat16" else None) for r in err)
+    again = run_numerics(["linear-attention"], cfg, RecordStore(tmp_path))
+    assert all(r["reused"] for r in again)
+    text = report.render(report.numerics_table(rows), "markdown")
+    assert "out rms ratio" in text and "| linear-attention" in text
+
+
+def test_nan_filled_allocations_catch_half_written_outputs(fakes):
+    with nan_fill_uninitialized():
+        assert torch.isnan(torch.empty(100)).all()
+    cfg = NumericsConfig(
+        dtypes=("float32",), seq_lens=(8,), batch=1, d_model=8, stability_len=0, progress=False
+    )
+    rows = run_numerics(["_bench-half-written"], cfg)
+    by = {r["impl"]: r for r in rows}
+    assert by["parallel"]["finite"] and by["parallel"]["out_rms"] < 1e-6
+    assert by["half_written"]["finite"] is False and math.isnan(by["half_written"]["out_rms"])
+    assert "NO" in report.numerics_table(rows)["finite"].tolist()
+
+
+def test_numerics_skips_with_reasons(fakes):
+    cfg = NumericsConfig(
+        dtypes=("float32", "bfloat16"), seq_lens=(8,), batch=1, d_model=8, stability_len=64, progress=False
+    )
+    rows = run_numerics(["_bench-cuda-only", "_bench-fp32-only"], cfg)
+    cuda = [r for r in rows if r["candidate"] == "_bench-cuda-only"]
+    assert cuda and all(r["status"] == "skipped" and r["reason"] == "needs CUDA" for r in cuda)
+    fp = [r for r in rows if r["candidate"] == "_bench-fp32-only" and r["dtype"] == "bfloat16"]
+    assert fp and all(r["status"] == "skipped" and "supported_dtypes" in r["reason"] for r in fp)
+
+
+# -- scans, leaderboard columns, CLI -----------------------------------------------------------------------
+
+
+def test_scans_rows_and_table():
+    cfg = ScansConfig(
+        seq_lens=(32,), state_sizes=(4,), resolvent_n=8, neumann_ks=(2, 8), deltanet_dim=8, deltanet_heads=1,
+        chunk_size=8, min_run_time=0.01, min_samples=3, progress=False,
+    )  # fmt: skip
+    rows = run_scans(cfg)
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    for r in rows:
+        if r["dtype"] == "float64" and r["algorithm"] != "neumann":
+            assert r["rel_err"] < 1e-12, r
+    dense = {r["algorithm"]: r for r in rows if r["family"] == "dense" and r["dtype"] == "float32"}
+    assert dense["cyclic_reduction"]["matmat"] == 31 and dense["hillis_steele"]["matmat"] == 129
+    assert dense["sequential"]["x_seq"] == 1.0 and dense["hillis_steele"]["x_prefix"] == 1.0
+    text = report.render(report.scans_table(rows), "table")
+    assert "cyclic_reduction" in text and "neumann k=8" in text and "block_ssd" in text
+
+
+def test_bench_columns_from_records(tmp_path):
+    store = RecordStore(tmp_path)
+    tcfg = ThroughputConfig(seq_lens=(16, 64), passes=("fwd_bwd",), **TINY)
+    run_throughput(["linear-attention"], tcfg, store)
+    ncfg = NumericsConfig(
+        dtypes=("bfloat16",), seq_lens=(16,), batch=1, d_model=32, stability_len=0, progress=False
+    )
+    run_numerics(["linear-attention"], ncfg, store)
+    df = report.bench_columns(store, ["linear-attention", "softmax", "diagonal"], ref_shape=(1, 64, 32))
+    assert list(df.columns) == ["fwd_bwd_tok_s", "time_exponent", "bf16_err"]
+    assert df.loc["linear-attention", "fwd_bwd_tok_s"] > 0
+    assert math.isfinite(df.loc["softmax", "time_exponent"])
+    assert 0 < df.loc["linear-attention", "bf16_err"] < 0.1
+    assert math.isnan(df.loc["softmax", "bf16_err"]) and df.loc["diagonal"].isna().all()
+
+
+def test_cli_throughput_and_unknown_names(tmp_path, capsys):
+    args = ["--seq-lens", "16,32", "--d-model", "32", "--results-dir", str(tmp_path), "--no-progress"]
+    code = bench_main(["throughput", "--candidate", "linear-attention", *args, "--passes", "fwd",
+                       "--min-run-time", "0.01", "--format", "csv"])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0 and out.out.startswith("candidate,pass,impl") and "linear-attention" in out.out
+    assert "throughput:" in out.err and "reused" in out.err
+    assert bench_main(["bench", "throughput", "--candidates", "lineer-attention", *args]) == 2
+    err = capsys.readouterr().err
+    assert "unknown candidate 'lineer-attention'" in err and "did you mean 'linear-attention'" in err
+    assert bench_main(["numerics", "--group", "transitons", *args]) == 2
+    assert "did you mean 'transitions'" in capsys.readouterr().err
