@@ -72,44 +72,47 @@ def upsweep(trans: Trans, compose: Compose) -> list[Trans]:
     return levels
 
 
-def _interleave(even: Tensor, odd: Tensor) -> Tensor:
-    return torch.stack([even, odd], dim=3).flatten(2, 3)
+def sweep(
+    levels: list[Trans], b: Tensor, h0: Tensor, apply: Apply, reverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The value entering every step of ``h_t = A_t h_{t-1} + b_t``, from the block products ``levels``.
 
+    ``b [M, nc, C, N, P]``, ``h0 [M, N, P]``; returns ``(E [M, nc, C, N, P], h_end)``.
 
-def sweep(levels: list[Trans], b: Tensor, h0: Tensor, apply: Apply, reverse: bool = False):
-    """States entering every step of ``h_t = A_t h_{t-1} + b_t`` from the block products ``levels``.
+    Forward (``reverse=False``): ``E[.., t] = h_{t-1}`` (``h0`` at 0) and ``h_end`` the last state.
 
-    ``b [M, nc, C, N, P]``, ``h0 [M, N, P]``. Forward (``reverse=False``): returns
-    ``(enter, h_last)`` with ``enter[..., t] = h_{t-1}``. ``reverse=True`` runs the adjoint recurrence
-    ``g_t = A_t^H g_{t+1} + b_t`` from the end (``h0`` is the value after the last step) with the
-    same block products, conjugate-transposed (the blocks are aligned in both directions, so the
-    backward pass reuses the forward up-sweep): ``enter[..., t] = g_{t+1}``, and the value before
-    the first step. ``apply(tr, x, adjoint)`` computes ``A x`` or ``A^H x``.
+    ``reverse=True`` runs the adjoint recurrence ``g_t = A_t^H g_{t+1} + b_t`` from the end (``h0`` is
+    the value after the last step) with the same block products conjugate-transposed (blocks are
+    aligned in both directions, so the backward pass reuses the forward up-sweep):
+    ``E[.., t] = g_{t+1}`` and ``h_end = g_0``. ``apply(tr, x, adjoint)`` is ``A x`` / ``A^H x``.
+
+    The down-sweep writes every level straight into its strided slots of ``E`` (the value entering a
+    block of ``2^j`` steps is the value entering its first step), so no level is interleaved or copied.
     """
     L = len(levels) - 1
+    M, nc, C = b.shape[:3]
     bl = [b]  # up-sweep of the inhomogeneous part
     for j in range(L):
         tr, bb = levels[j], bl[-1]
         if reverse:  # the right (later) block is processed first
-            bl.append(apply(tuple(x[:, :, 0::2] for x in tr), bb[:, :, 1::2], True) + bb[:, :, 0::2])
+            bl.append(apply(tuple(x[:, :, 0::2] for x in tr), bb[:, :, 1::2], True).add_(bb[:, :, 0::2]))
         else:
-            bl.append(apply(tuple(x[:, :, 1::2] for x in tr), bb[:, :, 0::2], False) + bb[:, :, 1::2])
-    nc = b.shape[1]
+            bl.append(apply(tuple(x[:, :, 1::2] for x in tr), bb[:, :, 0::2], False).add_(bb[:, :, 1::2]))
+    E = torch.empty_like(b)  # E[:, c, s]: the value entering step s of chunk c
     top, h = levels[L], h0
-    entering: list[Tensor] = [h0] * nc
     for c in reversed(range(nc)) if reverse else range(nc):  # carry across chunks
-        entering[c] = h
+        E[:, c, C - 1 if reverse else 0] = h
         h = apply(tuple(x[:, c, 0] for x in top), h, reverse) + bl[L][:, c, 0]
-    enter = torch.stack(entering, dim=1)[:, :, None]
-    for j in reversed(range(L)):  # down-sweep
+    for j in reversed(range(L)):  # down-sweep: level j+1 entering values -> level j
+        s, s2 = 1 << j, 1 << (j + 1)
         tr, bb = levels[j], bl[j]
-        if reverse:
-            left = apply(tuple(x[:, :, 1::2] for x in tr), enter, True) + bb[:, :, 1::2]
-            enter = _interleave(left, enter)
-        else:
-            right = apply(tuple(x[:, :, 0::2] for x in tr), enter, False) + bb[:, :, 0::2]
-            enter = _interleave(enter, right)
-    return enter, h
+        if reverse:  # a block is entered at its last step; the left child after the right one
+            parent = E[:, :, s2 - 1 :: s2]
+            E[:, :, s - 1 :: s2] = apply(tuple(x[:, :, 1::2] for x in tr), parent, True).add_(bb[:, :, 1::2])
+        else:  # a block is entered at its first step; the right child after the left one
+            parent = E[:, :, ::s2]
+            E[:, :, s::s2] = apply(tuple(x[:, :, 0::2] for x in tr), parent, False).add_(bb[:, :, 0::2])
+    return E, h
 
 
 # -- dense transitions -------------------------------------------------------------------------
@@ -123,38 +126,80 @@ def _dense_apply(tr: Trans, x: Tensor, adjoint: bool) -> Tensor:
     return (tr[0].mH if adjoint else tr[0]) @ x
 
 
+def _dense_forward(A: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
+    """Block products (saved for the backward), ``h_prev [M, T, N, P]`` (state entering each step),
+    ``h_all [M, T, N, P]`` (contiguous: batched products on it need no copy) and ``h_T``."""
+    M, T, N, P = b.shape
+    C, nc = chunk_layout(T, chunk_size)
+    eye = torch.eye(N, dtype=A.dtype, device=A.device)
+    levels = upsweep((to_chunks(A, C, nc, fill=eye),), _dense_compose)
+    E, h_T = sweep(levels, to_chunks(b, C, nc), h0, _dense_apply)
+    h_prev = E.flatten(1, 2)[:, :T]
+    h_all = torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1)
+    return [lv[0] for lv in levels], h_prev, h_all, h_T
+
+
+def _dense_backward(prods: list[Tensor], g: Tensor | None, g_last: Tensor | None, M, T, N, P, C, nc):
+    """``(G, Gh_0)``: ``G_t = dL/dh_t`` from the direct gradients ``g`` of the states and ``g_last``
+    of the final state. With ``Gh_t = A_t^H G_t``: ``Gh_t = A_t^H (g_t + Gh_{t+1})``, ``Gh_T = g_last``
+    (a reversed recurrence over the same aligned blocks), then ``G_t = g_t + Gh_{t+1}``."""
+    A = prods[0].flatten(1, 2)[:, :T]
+    dtype, device = prods[0].dtype, prods[0].device
+    w = to_chunks(A.mH @ g, C, nc) if g is not None else prods[0].new_zeros(M, nc, C, N, P)
+    init = g_last if g_last is not None else torch.zeros(M, N, P, dtype=dtype, device=device)
+    E, gh0 = sweep([(p,) for p in prods], w, init, _dense_apply, reverse=True)
+    G = E.flatten(1, 2)[:, :T]
+    if g is not None:
+        G = G + g
+    return G, gh0
+
+
 class _DenseRecurrence(torch.autograd.Function):
     """``(A [M,T,N,N], b [M,T,N,P], h0 [M,N,P]) -> (h_all, h_T)`` with the adjoint-scan backward."""
 
     @staticmethod
     def forward(ctx, A: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
         M, T, N, P = b.shape
-        C, nc = chunk_layout(T, chunk_size)
-        eye = torch.eye(N, dtype=A.dtype, device=A.device)
-        levels = upsweep((to_chunks(A, C, nc, fill=eye),), _dense_compose)
-        enter, h_T = sweep(levels, to_chunks(b, C, nc), h0, _dense_apply)
-        enter = enter.flatten(1, 2)
-        h_all = torch.cat([enter[:, 1:T], h_T[:, None]], dim=1)
-        ctx.save_for_backward(*(lv[0] for lv in levels), enter[:, :T])
-        ctx.shape = (M, T, N, P, C, nc)
+        prods, h_prev, h_all, h_T = _dense_forward(A, b, h0, chunk_size)
+        ctx.save_for_backward(*prods, h_prev)
+        ctx.shape = (M, T, N, P, *chunk_layout(T, chunk_size))
         return h_all, h_T
 
     @staticmethod
     def backward(ctx, g_all: Tensor | None, g_T: Tensor | None):
         *prods, h_prev = ctx.saved_tensors
-        M, T, N, P, C, nc = ctx.shape
-        g = torch.zeros_like(h_prev) if g_all is None else g_all.clone()
-        if g_T is not None:
-            g[:, -1] += g_T
-        # With Gh_t = A_t^H G_t (G_t = dL/dh_t): Gh_t = A_t^H (g_t + Gh_{t+1}), a reversed recurrence
-        # over the same aligned blocks; then G_t = g_t + Gh_{t+1}.
-        A = prods[0].flatten(1, 2)[:, :T]
-        levels = [(p,) for p in prods]
-        w = to_chunks(A.mH @ g, C, nc)
-        enter, gh0 = sweep(levels, w, g.new_zeros(M, N, P), _dense_apply, reverse=True)
-        G = g + enter.flatten(1, 2)[:, :T]
+        G, gh0 = _dense_backward(prods, g_all, g_T, *ctx.shape)
         gA = G @ h_prev.mH if ctx.needs_input_grad[0] else None
         return gA, G, gh0, None
+
+
+class _DenseScan(torch.autograd.Function):
+    """Fused ``(q, k, v, A, h0) -> (o, h_T)``, all head-major (``q, k [M,T,N]``, ``v [M,T,P]``):
+    ``b_t = k_t v_t^T`` and ``o_t = h_t^T q_t`` inside, so their gradients are matrix-vector products
+    (``dq_t = h_t do_t``, ``dk_t = G_t v_t``, ``dv_t = G_t^T k_t``) instead of broadcast temporaries."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, A: Tensor, h0: Tensor, chunk_size: int):
+        M, T, N = q.shape
+        P = v.shape[-1]
+        b = k[..., :, None] * v[..., None, :]
+        prods, h_prev, h_all, h_T = _dense_forward(A, b, h0, chunk_size)
+        o = (q[..., None, :] @ h_all).squeeze(-2)
+        ctx.save_for_backward(q, k, v, *prods, h_prev, h_all)
+        ctx.shape = (M, T, N, P, *chunk_layout(T, chunk_size))
+        return o, h_T
+
+    @staticmethod
+    def backward(ctx, do: Tensor | None, g_T: Tensor | None):
+        q, k, v, *prods, h_prev, h_all = ctx.saved_tensors
+        g = None if do is None else q[..., :, None] * do[..., None, :]
+        G, gh0 = _dense_backward(prods, g, g_T, *ctx.shape)
+        need = ctx.needs_input_grad
+        gq = (h_all @ do[..., None]).squeeze(-1) if need[0] and do is not None else None
+        gk = (G @ v[..., None]).squeeze(-1) if need[1] else None
+        gv = (G.mT @ k[..., None]).squeeze(-1) if need[2] else None
+        gA = G @ h_prev.mH if need[3] else None
+        return gq, gk, gv, gA, gh0, None
 
 
 def _check(A: Tensor, b: Tensor, h0: Tensor | None) -> None:
@@ -243,8 +288,23 @@ def dense_scan(
         raise ValueError(
             f"initial_state must be [B, H, N, P] = {(B, H, N, P)}, got {tuple(initial_state.shape)}"
         )
-    kh, vh, qh = _head_major(k), _head_major(v), _head_major(q)
-    b = kh[..., :, None] * vh[..., None, :]
-    h_all, h_T = _recurrence_hm(_head_major(A), b, initial_state, impl, chunk_size, B, H)
-    o = (h_all * qh[..., None].to(h_all.dtype)).sum(-2)  # [B*H, T, P]
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, A.dtype))
+    if initial_state is not None:
+        dtype = torch.promote_types(dtype, initial_state.dtype)
+    if impl == "recurrent":
+        b = _head_major(k)[..., :, None] * _head_major(v)[..., None, :]
+        h_all, h_T = _recurrence_hm(_head_major(A), b, initial_state, impl, chunk_size, B, H)
+        o = (h_all * _head_major(q)[..., None].to(h_all.dtype)).sum(-2)
+    elif impl == "chunk":
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        h0 = (
+            q.new_zeros(B * H, N, P, dtype=work)
+            if initial_state is None
+            else initial_state.reshape(B * H, N, P)
+        )
+        qh, kh, vh, Ah = (_head_major(x).to(work) for x in (q, k, v, A))
+        o, h_T = _DenseScan.apply(qh, kh, vh, Ah, h0.to(work), chunk_size)
+        o, h_T = o.to(dtype), h_T.reshape(B, H, N, P).to(dtype)
+    else:
+        raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T

@@ -67,12 +67,11 @@ class _PDRecurrence(torch.autograd.Function):
             (to_chunks(idx, C, nc, fill=ar), to_chunks(D, C, nc, fill=torch.ones((), dtype=D.dtype))),
             pd_compose,
         )
-        enter, h_T = sweep(levels, to_chunks(b, C, nc), h0, pd_apply)
-        enter = enter.flatten(1, 2)
-        h_all = torch.cat([enter[:, 1:T], h_T[:, None]], dim=1)
-        ctx.save_for_backward(*(x for lv in levels for x in lv), enter[:, :T], idx, D)
+        E, h_T = sweep(levels, to_chunks(b, C, nc), h0, pd_apply)
+        h_prev = E.flatten(1, 2)[:, :T]
+        ctx.save_for_backward(*(x for lv in levels for x in lv), h_prev, idx, D)
         ctx.meta = (M, T, N, P, C, nc, len(levels), P_ste is not None, D.is_complex())
-        return h_all, h_T
+        return torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1), h_T
 
     @staticmethod
     def backward(ctx, g_all: Tensor | None, g_T: Tensor | None):
@@ -80,13 +79,16 @@ class _PDRecurrence(torch.autograd.Function):
         saved = ctx.saved_tensors
         levels = [tuple(saved[2 * j : 2 * j + 2]) for j in range(n_levels)]
         h_prev, idx, D = saved[2 * n_levels :]
-        g = torch.zeros_like(h_prev) if g_all is None else g_all.clone()
-        if g_T is not None:
-            g[:, -1] += g_T
-        # Gh_t = A_t^H G_t obeys Gh_t = A_t^H (g_t + Gh_{t+1}); G_t = g_t + Gh_{t+1}
-        w = to_chunks(pd_apply((idx, D), g, adjoint=True), C, nc)
-        enter, gh0 = sweep(levels, w, g.new_zeros(M, N, P), pd_apply, reverse=True)
-        G = g + enter.flatten(1, 2)[:, :T]
+        # Gh_t = A_t^H G_t obeys Gh_t = A_t^H (g_t + Gh_{t+1}), Gh_T = g_T; G_t = g_t + Gh_{t+1}
+        if g_all is not None:
+            w = to_chunks(pd_apply((idx, D), g_all, adjoint=True), C, nc)
+        else:
+            w = h_prev.new_zeros(M, nc, C, N, P)
+        init = g_T if g_T is not None else h_prev.new_zeros(M, N, P)
+        E, gh0 = sweep(levels, w, init, pd_apply, reverse=True)
+        G = E.flatten(1, 2)[:, :T]
+        if g_all is not None:
+            G = G + g_all
         gD = gP = None
         if ctx.needs_input_grad[1]:
             index = idx[..., None].expand(*idx.shape, P)

@@ -1,0 +1,159 @@
+"""Input-dependent diagonal-plus-low-rank transitions, real and oscillatory (seed proposals 004, 011)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness import register_candidate
+
+from .dense import MaterialisedTransition, linear, work_dtype
+
+
+def _inv_softplus(y: Tensor) -> Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+def _block_inv(m: Tensor) -> Tensor:
+    """Closed-form inverse of ``[..., 2, 2]`` blocks."""
+    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+    det = a * d - b * c
+    return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2) / det[..., None, None]
+
+
+def _block_apply(blocks: Tensor, x: Tensor) -> Tensor:
+    """``blockdiag(blocks) @ x``: ``blocks [..., N/2, 2, 2]``, ``x [..., N, K]``."""
+    return (blocks @ x.unflatten(-2, (-1, 2))).flatten(-3, -2)
+
+
+def _block_dense(blocks: Tensor) -> Tensor:
+    """``[..., m, 2, 2] -> [..., 2m, 2m]`` block-diagonal."""
+    m = blocks.shape[-3]
+    eye = torch.eye(m, dtype=blocks.dtype, device=blocks.device)
+    return (eye[:, None, :, None] * blocks[..., :, :, None, :]).reshape(*blocks.shape[:-3], 2 * m, 2 * m)
+
+
+@register_candidate(
+    "dplr",
+    groups=("transitions",),
+    reference=(
+        "Seed proposals 004 (Oscillatory-DPLR SSM) and 011 (resolvent of a DPLR SSM); S4's DPLR "
+        "structure made input-dependent, bilinear (Cayley) discretisation with a Woodbury resolvent"
+    ),
+)
+@register_candidate(
+    "osc-dplr",
+    groups=("transitions",),
+    reference=(
+        "Seed proposal 004, Oscillatory-DPLR SSM: damped-oscillator diagonal (omega, zeta; made "
+        "input-dependent as its follow-up proposes) plus low rank, bilinear discretisation; 011 resolvent"
+    ),
+    oscillatory=True,
+)
+class DPLRMixer(MaterialisedTransition):
+    """``A_t = (I - a_t G_t)^{-1} (I + a_t G_t)`` (bilinear / Cayley, ``a_t = Delta_t / 2``) of an
+    input-dependent continuous-time DPLR generator ``G_t = Lambda_t + Z_t J Z_t^T``.
+
+    - ``Lambda_t`` (``dplr``): ``-diag(softplus(W x_t + c))``, a real decay per state dim.
+      ``Lambda_t`` (``osc-dplr``): 2 x 2 damped-oscillator blocks ``-zeta w I + w sqrt(1 - zeta^2) J_2``
+      (eigenvalues ``-zeta w +- i w sqrt(1 - zeta^2)``, the proposal's oscillatory parameterisation) with
+      ``w = softplus(.)``, ``zeta = sigmoid(.)`` input-dependent; the state stays real.
+    - ``Z_t = [U_t, V_t]`` (N x 2r, a projection of ``x_t``), ``J = [[-I, I], [-I, 0]]``: the low-rank
+      part is ``-U U^T + (U V^T - V U^T)``, a negative semi-definite symmetric part plus a skew part.
+
+    Stability (how ``||A_t|| < 1`` is kept): ``G_t + G_t^T = 2 Re(Lambda_t) - 2 U U^T`` is negative
+    definite, so ``G_t`` is dissipative and its Cayley transform is a strict contraction,
+    ``||A_t||_2 < 1``, for any input (the proposal's "stable by construction" via the bilinear map,
+    extended from eigenvalues to the operator norm by making the low-rank part dissipative).
+
+    The resolvent ``(I - a G)^{-1}`` is computed exactly by Woodbury (proposal 011 studies a
+    truncated Neumann series; exact keeps parallel == recurrent): with ``D = I - a Lambda``
+    (2 x 2 block-diagonal, closed-form inverse) and ``C = -a J``, ``A_t = 2 (D + Z C Z^T)^{-1} - I =
+    (2 D^{-1} - I) - 2 D^{-1} Z K^{-1} C Z^T D^{-1}``, ``K = I + C Z^T D^{-1} Z`` (2r x 2r): again
+    diagonal(-block) plus rank 2r. Parallel form: every ``A_t`` is materialised as an N x N matrix and
+    the chunked dense scan runs on them (products of DPLR matrices are not DPLR of bounded rank);
+    the recurrent step applies the DPLR form in O(N r P). Init: ``Delta`` per head log-spaced in
+    [0.05, 0.5], decays softplus^-1 of [0.5, 4] (``dplr``), ``w`` log-uniform in [0.5, 3] and ``zeta``
+    in [0.05, 0.3] (``osc-dplr``), low-rank projection scaled by 0.1 (the proposal's small P, Q).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        d_state: int = 16,
+        chunk_size: int = 64,
+        rank: int = 2,
+        oscillatory: bool = False,
+    ) -> None:
+        super().__init__(d_model, n_heads, d_state, chunk_size)
+        if d_state % 2:
+            raise ValueError(f"d_state={d_state} must be even (2 x 2 diagonal blocks)")
+        H, N = n_heads, d_state
+        self.rank, self.oscillatory = rank, oscillatory
+        self.dt_proj = nn.Linear(d_model, H)
+        with torch.no_grad():
+            self.dt_proj.weight.mul_(0.1)
+            self.dt_proj.bias.copy_(_inv_softplus(torch.logspace(math.log10(0.05), math.log10(0.5), H)))
+        if oscillatory:
+            self.omega_proj = nn.Linear(d_model, H * N // 2)
+            self.zeta_proj = nn.Linear(d_model, H * N // 2)
+            with torch.no_grad():
+                w0 = torch.exp(torch.empty(H * N // 2).uniform_(math.log(0.5), math.log(3.0)))
+                self.omega_proj.bias.copy_(_inv_softplus(w0))
+                z0 = torch.empty(H * N // 2).uniform_(0.05, 0.3)
+                self.zeta_proj.bias.copy_(torch.log(z0 / (1 - z0)))
+                self.omega_proj.weight.mul_(0.1)
+                self.zeta_proj.weight.mul_(0.1)
+        else:
+            self.decay_proj = nn.Linear(d_model, H * N)
+            with torch.no_grad():
+                self.decay_proj.bias.copy_(_inv_softplus(torch.linspace(0.5, 4.0, N)).repeat(H))
+                self.decay_proj.weight.mul_(0.1)
+        self.z_proj = nn.Linear(d_model, H * N * 2 * rank, bias=False)
+        with torch.no_grad():
+            self.z_proj.weight.mul_(0.1)
+        J = torch.zeros(2 * rank, 2 * rank)
+        J[:rank, :rank] = -torch.eye(rank)
+        J[:rank, rank:] = torch.eye(rank)
+        J[rank:, :rank] = -torch.eye(rank)
+        self.register_buffer("J", J, persistent=False)
+
+    def factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``A = blockdiag(Lb) + U V``: ``Lb [B, H, T, N/2, 2, 2]``, ``U [.., N, 2r]``, ``V [.., 2r, N]``
+        (head-major; ``x [B, T, D]`` in the work dtype)."""
+        H, N, r = self.n_heads, self.d_state, self.rank
+        a = (F.softplus(linear(x, self.dt_proj)) / 2).transpose(1, 2)[..., None]  # [B, H, T, 1]
+        if self.oscillatory:
+            w = F.softplus(linear(x, self.omega_proj)).unflatten(-1, (H, N // 2)).transpose(1, 2)
+            zeta = torch.sigmoid(linear(x, self.zeta_proj)).unflatten(-1, (H, N // 2)).transpose(1, 2)
+            c = 1 + a * zeta * w  # D = I - a Lambda = c I - s J_2, J_2 = [[0, -1], [1, 0]]
+            s = a * w * torch.sqrt(1 - zeta.square())
+            Dm = torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
+        else:
+            lam = F.softplus(linear(x, self.decay_proj)).unflatten(-1, (H, N)).transpose(1, 2)
+            d = (1 + a * lam).unflatten(-1, (N // 2, 2))
+            zero = torch.zeros_like(d[..., 0])
+            Dm = torch.stack([torch.stack([d[..., 0], zero], -1), torch.stack([zero, d[..., 1]], -1)], -2)
+        Dinv = _block_inv(Dm)  # [B, H, T, N/2, 2, 2]
+        Z = linear(x, self.z_proj).unflatten(-1, (H, N, 2 * r)).transpose(1, 2) / math.sqrt(N)
+        C = -a[..., None] * self.J.to(x.dtype)  # [B, H, T, 2r, 2r]
+        Y = _block_apply(Dinv, Z)  # D^{-1} Z
+        W = _block_apply(Dinv.mT, Z).mT  # Z^T D^{-1}
+        K = torch.eye(2 * r, dtype=x.dtype, device=x.device) + C @ (W @ Z)
+        V = torch.linalg.solve(K, C @ W)  # K^{-1} C Z^T D^{-1}
+        eye2 = torch.eye(2, dtype=x.dtype, device=x.device)
+        return 2 * Dinv - eye2, -2 * Y, V
+
+    def transitions(self, x: Tensor) -> Tensor:
+        Lb, U, V = self.factors(x.to(work_dtype(x)))
+        return _block_dense(Lb) + U @ V
+
+    def apply_step(self, x_t: Tensor, h: Tensor) -> Tensor:
+        xw = x_t.to(work_dtype(x_t))
+        Lb, U, V = (f[:, :, 0] for f in self.factors(xw[:, None]))
+        h = h.to(xw.dtype)
+        return _block_apply(Lb, h) + U @ (V @ h)

@@ -1,0 +1,125 @@
+"""Group-and-Shuffle monomial transitions (seed proposal 016)."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
+from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
+from torch import Tensor, nn
+
+from harness import register_candidate
+
+from ._transition import TransitionMixer
+from .dense import linear
+
+MAX_ENUM_BLOCK = 6  # b! permutations are enumerated for the exact hard assignment
+
+
+def sinkhorn(logits: Tensor, n_iter: int) -> Tensor:
+    """Doubly-stochastic relaxation ``exp(log-space Sinkhorn)`` of ``[..., b, b]`` logits."""
+    z = logits
+    for _ in range(n_iter):
+        z = z - torch.logsumexp(z, dim=-1, keepdim=True)
+        z = z - torch.logsumexp(z, dim=-2, keepdim=True)
+    return z.exp()
+
+
+@register_candidate(
+    "gs-monomial",
+    groups=("transitions",),
+    reference=(
+        "Seed proposal 016, Group-and-Shuffle monomial SSM (GS matrices: Gorbunov et al. 2024); "
+        "A_t = L_t P_shuffle R_t with block-monomial L_t, R_t"
+    ),
+)
+class GSMonomialMixer(TransitionMixer):
+    """``A_t = L_t P R_t``: ``L_t, R_t`` block-diagonal with monomial ``b x b`` blocks ``pi D``, ``P`` the
+    stride shuffle that sends one element of every block to every block.
+
+    As in the proposal: per block, ``D = alpha * tanh(W_D x_t)`` with ``alpha = sigmoid(W_a x_t)``, so
+    ``|D| < 1`` (sign flips allowed: signed permutations) and ``||A_t||_2 <= max|D_L| max|D_R| < 1``;
+    ``pi = Hungarian(Sinkhorn(W_pi x_t / tau))`` hard in the forward pass with the Sinkhorn soft
+    permutation's gradient in the backward pass (straight-through). The hard assignment is exact: all
+    ``b!`` permutations are scored (``b <= 6``), which is what the Hungarian algorithm returns.
+
+    Closure (the point of the proposal): a block-monomial matrix is monomial in N x N, so ``L P R``
+    is one monomial ``(perm, diag)`` and products stay monomial, composed in O(N) by index gathers.
+    The parallel form is therefore the PD-SSM index scan (``kernels.perm_diag_scan``) on the composed
+    ``(idx, D)``; the straight-through gradient reaches the Sinkhorn matrices through the dense
+    surrogate ``blockdiag(S_L) P blockdiag(S_R)`` (built only when gradients are needed). The state is
+    real. The hard assignment makes half precision unsafe (rounding flips selected permutations):
+    fp32 / fp64 only.
+    """
+
+    supported_dtypes = (torch.float32, torch.float64)
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        d_state: int = 16,
+        chunk_size: int = 64,
+        block_size: int = 4,
+        tau: float = 1.0,
+        sinkhorn_iters: int = 5,
+    ) -> None:
+        super().__init__(d_model, n_heads, d_state, chunk_size)
+        if d_state % block_size or not 1 <= block_size <= MAX_ENUM_BLOCK:
+            raise ValueError(
+                f"block_size={block_size} must divide d_state={d_state} and be in [1, {MAX_ENUM_BLOCK}]"
+            )
+        H, b = n_heads, block_size
+        r = d_state // b
+        self.block_size, self.n_blocks, self.tau, self.sinkhorn_iters = b, r, tau, sinkhorn_iters
+        self.perm_proj = nn.Linear(d_model, 2 * H * r * b * b)  # logits for L and R blocks
+        self.diag_proj = nn.Linear(d_model, 2 * H * d_state)
+        self.gate_proj = nn.Linear(d_model, 2 * H * d_state)
+        nn.init.constant_(self.gate_proj.bias, 3.0)  # alpha ~ 0.95
+        with torch.no_grad():  # start with tanh(.) ~ +-0.76 and mixed signs
+            self.diag_proj.bias.copy_(torch.where(torch.rand(2 * H * d_state) < 0.8, 1.0, -1.0))
+            self.diag_proj.weight.mul_(0.5)
+        self.register_buffer("shuffle", stride_permutation(r, b), persistent=False)
+        perms = torch.tensor(list(itertools.permutations(range(b))))  # [b!, b]: column c -> row perms[c]
+        self.register_buffer("perms", perms, persistent=False)
+        self.register_buffer("score_index", perms * b + torch.arange(b), persistent=False)
+
+    def factors(self, x: Tensor):
+        """Hard block permutations ``[.., 2, H, r, b]``, diagonals ``[.., 2, H, r, b]``, soft ``[.., 2, H, r, b, b]``."""
+        H, r, b = self.n_heads, self.n_blocks, self.block_size
+        logits = linear(x, self.perm_proj).unflatten(-1, (2, H, r, b, b)) / self.tau  # [.., row, col]
+        scores = logits.flatten(-2)[..., self.score_index].sum(-1)  # [.., b!]: sum_c logits[perm[c], c]
+        perm = self.perms[scores.argmax(-1)]
+        soft = sinkhorn(logits, self.sinkhorn_iters) if torch.is_grad_enabled() else None
+        alpha = torch.sigmoid(linear(x, self.gate_proj))
+        diag = (alpha * torch.tanh(linear(x, self.diag_proj))).unflatten(-1, (2, H, r, b))
+        return perm, diag, soft
+
+    def transition(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(idx, D) [.., H, N]`` of the monomial ``L P R`` and the dense soft surrogate (or None)."""
+        perm, diag, soft = self.factors(x)
+        idx, D = gs_monomial(
+            perm[..., 0, :, :, :],
+            diag[..., 0, :, :, :],
+            self.shuffle,
+            perm[..., 1, :, :, :],
+            diag[..., 1, :, :, :],
+        )
+        P_soft = None
+        if soft is not None:
+            N = self.d_state
+            eye = torch.eye(N, dtype=soft.dtype, device=soft.device)
+            R = block_diag_apply(soft[..., 1, :, :, :, :], eye.expand(*soft.shape[:-5], self.n_heads, N, N))
+            P_soft = block_diag_apply(soft[..., 0, :, :, :, :], permute_rows(R, self.shuffle))
+        return idx, D, P_soft
+
+    def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        idx, D, P_soft = self.transition(x)
+        o, _ = perm_diag_scan(q, k, v, idx, D, impl="scan", chunk_size=self.chunk_size, P_ste=P_soft)
+        return o
+
+    def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
+        idx, D, _ = self.transition(x_t)
+        h = pd_apply((idx, D.to(state.dtype)), state) + k[..., :, None] * v[..., None, :]
+        return (h * q[..., None]).sum(-2), h
