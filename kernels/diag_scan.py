@@ -82,7 +82,7 @@ def diag_scan(
 ) -> tuple[Tensor, Tensor]:
     """Returns ``(o [B, T, H, P], final_state [B, H, N, P])``; see the module docstring."""
     _check(q, k, v, decay, initial_state)
-    if impl == "recurrent":
+    if impl == "recurrent" or (impl in IMPLS and q.shape[1] == 0):  # T = 0: nothing to chunk
         return diag_scan_recurrent(q, k, v, decay, initial_state)
     if impl == "chunk":
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -223,9 +223,9 @@ def diag_scan_chunk(
     # hand the state across chunks (loop over chunks only), then read it inside each chunk
     h = q.new_zeros(Bsz, H, N, P) if initial_state is None else initial_state.to(cdt)
     entering = []
-    for c in range(C):
+    for a_c, local_c in zip(a_chunk.unbind(2), local.unbind(2), strict=True):  # unbind: see delta_rule
         entering.append(h)
-        h = a_chunk[:, :, c] * h + local[:, :, c]
+        h = a_c * h + local_c
     h_in = torch.stack(entering, dim=2)  # [B, H, C, N, P]
     o = o + (q * fac(b, ph)) @ h_in
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)  # [B, T, H, P]
