@@ -1,0 +1,227 @@
+"""Fourier helpers for circulant transitions, and the circulant-transition scan.
+
+Conventions. A circulant matrix ``C = circ(c)`` has ``C[i, j] = c[(i - j) mod n]`` (first column
+``c``), so ``C x = c (*) x`` (cyclic convolution) and ``C = F^{-1} diag(fft(c)) F``: its eigenvalues are
+``lam = fft(c)`` with the Fourier vectors as eigenvectors. For a REAL ``c`` the spectrum is Hermitian
+(``lam[n - j] = conj(lam[j])``), so the half spectrum ``rfft(c)`` (``n // 2 + 1`` bins) determines it;
+bin 0 and, for even ``n``, bin ``n / 2`` are self-conjugate and must be real. Every function here
+takes half spectra; ``real_spectrum`` projects an arbitrary complex half spectrum onto the valid
+ones (imaginary parts of the self-conjugate bins dropped), which is exactly what ``irfft`` does.
+
+``circulant_scan`` runs ``h_t = C_t h_{t-1} + k_t v_t^T``, ``o_t = h_t^T q_t`` (the transitions group's
+recurrence, ``C_t`` block-diagonal with ``n_blocks`` circulant blocks of size ``b``) for input-dependent
+eigenvalues ``lam [B, T, H, n_blocks, b // 2 + 1]``:
+
+- ``impl="chunk"``: in the Fourier basis the recurrence is diagonal. With ``H_t = rfft(h_t)``
+  (per block, along the state dim), ``H_t[j] = lam_t[j] H_{t-1}[j] + rfft(k_t)[j] v_t``, and by
+  Parseval ``q^T h = (1/b) sum_j w_j Re(conj(Q[j]) H[j])`` (``w_j = 1`` on self-conjugate bins, 2
+  elsewhere; ``Q = rfft(q)``). Writing ``lam = |lam| e^{i theta}`` and ``Phi_t = sum_{s<=t} theta_s``,
+  ``Re(conj(Q_t) H_t) = sum_s R_ts Re(z_t u_s) v_s`` with ``z_t = conj(Q_t) e^{i Phi_t}``,
+  ``u_s = K_s e^{-i Phi_s}``, ``R_ts = prod |lam|`` (the RoPE identity): a REAL diagonal scan
+  (kernels/diag_scan.py, chunkwise) over ``[Re, Im]`` channels with decays ``|lam|``. Self-conjugate
+  bins have a real (possibly negative) eigenvalue and a real spectrum: they keep one channel and
+  their signed eigenvalue as the decay. So the real scan has exactly ``N`` channels (the rfft is a
+  real-linear bijection of R^b): no complex arithmetic, the same state size as ``h``.
+  ``Phi`` is a running sum over the whole sequence (phases reduced mod 2 pi first); its rounding
+  error grows like ``T * eps * |Phi|``, as in RoPE.
+- ``impl="recurrent"``: the reference, entirely in the real basis: each ``C_t`` materialised as a real
+  ``b x b`` matrix from ``irfft(lam_t)`` and applied by a matmul, one step at a time. No FFT of the
+  state, no Parseval: an independent check of the Fourier-domain algebra.
+
+Half-precision inputs are computed in float32 (FFTs and phase sums need it) and outputs cast back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .diag_scan import diag_scan
+
+IMPLS = ("chunk", "recurrent")
+
+
+def n_bins(n: int) -> int:
+    """Number of bins of the half spectrum of a real length-``n`` vector."""
+    return n // 2 + 1
+
+
+def self_conjugate_mask(n: int, device=None) -> Tensor:
+    """Boolean ``[n // 2 + 1]``: bins whose eigenvalue must be real (bin 0; bin n/2 for even n)."""
+    mask = torch.zeros(n_bins(n), dtype=torch.bool, device=device)
+    mask[0] = True
+    if n % 2 == 0:
+        mask[-1] = True
+    return mask
+
+
+def hermitian_weights(n: int, dtype=torch.float32, device=None) -> Tensor:
+    """``w [n // 2 + 1]``: how often each half-spectrum bin occurs in the full spectrum (1 or 2)."""
+    return torch.where(self_conjugate_mask(n, device), 1.0, 2.0).to(dtype)
+
+
+def real_spectrum(lam: Tensor, n: int) -> Tensor:
+    """Project a complex half spectrum ``[..., n // 2 + 1]`` onto spectra of real circulants."""
+    mask = self_conjugate_mask(n, lam.device)
+    return torch.where(mask, torch.complex(lam.real, torch.zeros_like(lam.real)), lam)
+
+
+def circulant_matrix(c: Tensor) -> Tensor:
+    """``c [..., n]`` (first column) -> ``C [..., n, n]`` with ``C[i, j] = c[(i - j) mod n]``."""
+    n = c.shape[-1]
+    idx = (torch.arange(n, device=c.device)[:, None] - torch.arange(n, device=c.device)[None, :]) % n
+    return c[..., idx]
+
+
+def circulant_eigenvalues(c: Tensor) -> Tensor:
+    """Half spectrum of ``circ(c)``: ``rfft(c)`` (``c`` real, ``[..., n]`` -> ``[..., n // 2 + 1]``)."""
+    return torch.fft.rfft(c, dim=-1)
+
+
+def circulant_from_eigenvalues(lam: Tensor, n: int) -> Tensor:
+    """First column of the real circulant with half spectrum ``lam``: ``irfft(lam, n)``."""
+    return torch.fft.irfft(lam, n=n, dim=-1)
+
+
+def circulant_matvec(lam: Tensor, x: Tensor, dim: int = -1) -> Tensor:
+    """``circ(irfft(lam)) x`` along ``dim`` of ``x`` by FFT; ``lam`` broadcasts against ``rfft(x)``."""
+    n = x.shape[dim]
+    X = torch.fft.rfft(x, dim=dim)
+    return torch.fft.irfft(lam * X, n=n, dim=dim)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, initial_state: Tensor | None) -> tuple[int, int]:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "expected q, k [B, T, H, N] and v [B, T, H, P] with matching B, T, H; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    Bsz, T, H, N = q.shape
+    if lam.dim() != 5 or tuple(lam.shape[:3]) != (Bsz, T, H) or not lam.is_complex():
+        raise ValueError(
+            f"expected complex lam [B, T, H, n_blocks, b // 2 + 1] with B, T, H of q {tuple(q.shape)}; "
+            f"got {'complex' if lam.is_complex() else lam.dtype} lam {tuple(lam.shape)}"
+        )
+    nblk = lam.shape[3]
+    if nblk < 1 or N % nblk or n_bins(N // nblk) != lam.shape[4]:
+        raise ValueError(
+            f"lam [B, T, H, n_blocks, b // 2 + 1] needs N = n_blocks * b; got lam {tuple(lam.shape)} for N={N}"
+        )
+    if initial_state is not None and tuple(initial_state.shape) != (Bsz, H, N, v.shape[-1]):
+        raise ValueError(
+            f"initial_state must be [B, H, N, P] = {(Bsz, H, N, v.shape[-1])}, got {tuple(initial_state.shape)}"
+        )
+    return nblk, N // nblk
+
+
+def complex_dtype(real: torch.dtype) -> torch.dtype:
+    return torch.complex128 if real == torch.float64 else torch.complex64
+
+
+def _compute_dtype(
+    q: Tensor, k: Tensor, v: Tensor, initial_state: Tensor | None
+) -> tuple[torch.dtype, torch.dtype]:
+    out = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if initial_state is not None:
+        out = torch.promote_types(out, initial_state.dtype)
+    return (torch.float32 if out in (torch.float16, torch.bfloat16) else out), out
+
+
+def circulant_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    initial_state: Tensor | None = None,
+    impl: str = "chunk",
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """Returns ``(o [B, T, H, P], final_state [B, H, N, P])`` (real); see the module docstring."""
+    nblk, b = _check(q, k, v, lam, initial_state)
+    if impl == "recurrent":
+        return circulant_scan_recurrent(q, k, v, lam, initial_state)
+    if impl == "chunk":
+        return circulant_scan_chunk(q, k, v, lam, initial_state, chunk_size)
+    raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
+
+
+def circulant_scan_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, initial_state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    nblk, b = _check(q, k, v, lam, initial_state)
+    cdt, odt = _compute_dtype(q, k, v, initial_state)
+    q, k, v = (t.to(cdt) for t in (q, k, v))
+    Bsz, T, H, N = q.shape
+    P = v.shape[-1]
+    Cm = circulant_matrix(circulant_from_eigenvalues(lam.to(complex_dtype(cdt)), b))  # [B, T, H, nblk, b, b]
+    h = (
+        q.new_zeros(Bsz, H, nblk, b, P)
+        if initial_state is None
+        else initial_state.to(cdt).view(Bsz, H, nblk, b, P)
+    )
+    outs = []
+    for t in range(T):
+        kv = (k[:, t, :, :, None] * v[:, t, :, None, :]).view(Bsz, H, nblk, b, P)
+        h = Cm[:, t] @ h + kv
+        outs.append(torch.einsum("bhn,bhnp->bhp", q[:, t], h.reshape(Bsz, H, N, P)))
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(Bsz, 0, H, P)
+    return o.to(odt), h.reshape(Bsz, H, N, P).to(odt)
+
+
+def _pack(z: Tensor, conj_mask: Tensor) -> Tensor:
+    """Complex half spectra ``[..., nblk, nb]`` -> real channels ``[..., N]``: ``Re`` of every bin, then
+    ``Im`` of the bins that are not self-conjugate (those are real: no second channel)."""
+    return torch.cat([z.real, z.imag[..., ~conj_mask]], dim=-1).flatten(-2)
+
+
+def _unpack(x: Tensor, conj_mask: Tensor, nblk: int) -> Tensor:
+    """Inverse of ``_pack`` along dim -2 of ``x [..., N, P]`` -> complex ``[..., nblk, nb, P]``."""
+    nb = conj_mask.numel()
+    x = x.unflatten(-2, (nblk, -1))  # [..., nblk, nb + n_im, P]
+    re, im_part = x[..., :nb, :], x[..., nb:, :]
+    im = torch.zeros_like(re)
+    im[..., ~conj_mask, :] = im_part
+    return torch.complex(re, im)
+
+
+def circulant_scan_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    nblk, b = _check(q, k, v, lam, initial_state)
+    cdt, odt = _compute_dtype(q, k, v, initial_state)
+    q, k, v = (t.to(cdt) for t in (q, k, v))
+    lam = lam.to(complex_dtype(cdt))
+    Bsz, T, H, N = q.shape
+    conj_mask = self_conjugate_mask(b, q.device)  # [nb]
+
+    Q = torch.fft.rfft(q.unflatten(-1, (nblk, b)), dim=-1)  # [B, T, H, nblk, nb]
+    K = torch.fft.rfft(k.unflatten(-1, (nblk, b)), dim=-1)
+    mag = lam.abs()
+    # self-conjugate bins: real signed eigenvalue, no phase; others: |lam| and a running phase
+    theta = torch.where(conj_mask, torch.zeros_like(mag), torch.angle(lam))
+    phi = torch.remainder(theta, 2 * math.pi).cumsum(dim=1)
+    rot = torch.polar(torch.ones_like(phi), phi)
+    w = hermitian_weights(b, cdt, q.device) / b
+    z = torch.conj(Q) * rot * w  # readout side
+    u = K * torch.conj(rot)  # input side
+    decay_c = torch.where(conj_mask, lam.real, mag)
+    q2 = _pack(torch.complex(z.real, -z.imag), conj_mask)  # Re(z u) = Re z Re u - Im z Im u
+    k2 = _pack(u, conj_mask)
+    decay = torch.cat([decay_c, mag[..., ~conj_mask]], dim=-1).flatten(-2)
+
+    h0 = None
+    if initial_state is not None:  # S_0 = H_0 = rfft(h_0) (Phi_0 = 0), packed
+        H0 = torch.fft.rfft(initial_state.to(cdt).unflatten(-2, (nblk, b)), dim=-2)  # [B, H, nblk, nb, P]
+        h0 = torch.cat([H0.real, H0.imag[..., ~conj_mask, :]], dim=-2).flatten(-3, -2)
+    o, S = diag_scan(q2, k2, v, decay, initial_state=h0, impl="chunk", chunk_size=chunk_size)
+    # final state: H_T = e^{i Phi_T} S_T, back to the real basis
+    HT = _unpack(S, conj_mask, nblk) * rot[:, -1, :, :, :, None] if T else _unpack(S, conj_mask, nblk)
+    hT = torch.fft.irfft(HT, n=b, dim=-2).flatten(-3, -2)  # [B, H, N, P]
+    return o.to(odt), hT.to(odt)

@@ -1,0 +1,218 @@
+"""Linear recurrence with 2x2 block-diagonal transitions (the oscillators of LinOSS-type SSMs), per head::
+
+    h_t = A_t h_{t-1} + k_t v_t^T        A_t = blockdiag(A_t^(1), ..., A_t^(m)),  A_t^(j) in R^{2 x 2}
+    o_t[p] = sum_n q_t[n] h_t[n, p]      (o_t = h_t^T q_t)
+
+Layout: ``q, k [B, T, H, N]`` with ``N = 2 m`` (state row ``n = 2 j + i``: oscillator ``j``, component
+``i``), ``v [B, T, H, P]``, ``A [B, T, H, m, 2, 2]`` (a batch dimension of 1 broadcasts: an
+input-independent ``A`` is stored once), state ``[B, H, N, P]``. Input-dependent blocks do not
+commute and share no eigenbasis, so there is no diagonal (SSD) form: this kernel scans the blocks.
+
+``impl="chunk"``: chunks of ``L = chunk_size`` steps, every chunk at once, a loop over chunks only
+for the state hand-off. Inside a chunk, a log-depth (Hillis-Steele, ``ceil(log2 L)`` levels) scan of
+``(A, X)`` pairs, ``(A_2, X_2) o (A_1, X_1) = (A_2 A_1, A_2 X_1 + X_2)``, where ``X_t`` starts as
+``k_t e_t^T`` (``N x L``: the key in column ``t``). After the scan ``X_t[:, s] = A_t ... A_{s+1} k_s``
+(the key of step ``s`` carried to step ``t``; zero for ``s > t``) and ``A_t`` holds the chunk's
+prefix product, so
+
+- intra-chunk output: ``o_t = sum_s (q_t . X_t[:, s]) v_s`` (an ``L x L`` score matrix, as in
+  chunkwise linear attention),
+- inter-chunk output: ``o_t += (prefix_t^T q_t)^T h_in``,
+- next chunk's state: ``h_out = prefix_L h_in + X_L V``.
+
+Carrying keys (``N x L``) instead of states (``N x P``) makes a level cost ``O(N L)`` per step
+instead of ``O(N P)``. The four block entries and the two state components are kept as separate
+tensors, so every 2x2 product is four elementwise multiply-adds (batched 2x2 matmuls are dominated by
+per-matrix overhead on CPU). Half-precision inputs are computed in float32 (products of up to ``L``
+blocks) and the outputs cast back.
+
+``impl="recurrent"``: the plain loop, the reference (also accepts square blocks of any size).
+
+``linoss_im_blocks`` builds the 2x2 blocks of the LinOSS implicit (IM) discretisation, with an
+optional damping gate (OscGate-SSM); see its docstring.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMPLS = ("chunk", "recurrent")
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, A: Tensor, initial_state: Tensor | None) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            "expected q, k [B, T, H, N] and v [B, T, H, P] with matching B, T, H; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    Bsz, T, H, N = q.shape
+    if A.dim() != 6 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"expected A [B, T, H, n_blocks, b, b] (square blocks); got A {tuple(A.shape)}")
+    nb, b = A.shape[3], A.shape[4]
+    if A.shape[0] not in (1, Bsz) or A.shape[1] != T or A.shape[2] != H or nb * b != N:
+        raise ValueError(
+            f"A must be [B or 1, T, H, n_blocks, b, b] with n_blocks * b = N; got A {tuple(A.shape)} "
+            f"for q {tuple(q.shape)} (B={Bsz}, T={T}, H={H}, N={N})"
+        )
+    if initial_state is not None and tuple(initial_state.shape) != (Bsz, H, N, v.shape[-1]):
+        raise ValueError(
+            f"initial_state must be [B, H, N, P] = {(Bsz, H, N, v.shape[-1])}, got {tuple(initial_state.shape)}"
+        )
+
+
+def _compute_dtype(*tensors: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype to compute in, dtype to return): half precisions are computed in float32."""
+    out = tensors[0].dtype
+    for t in tensors[1:]:
+        if t is not None:
+            out = torch.promote_types(out, t.dtype)
+    if out in (torch.float16, torch.bfloat16):
+        return torch.float32, out
+    return out, out
+
+
+def block_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    A: Tensor,
+    initial_state: Tensor | None = None,
+    impl: str = "chunk",
+    chunk_size: int = 16,
+) -> tuple[Tensor, Tensor]:
+    """Returns ``(o [B, T, H, P], final_state [B, H, N, P])``; see the module docstring."""
+    _check(q, k, v, A, initial_state)
+    if impl == "recurrent":
+        return block_scan_recurrent(q, k, v, A, initial_state)
+    if impl == "chunk":
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        return block_scan_chunk(q, k, v, A, initial_state, chunk_size)
+    raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
+
+
+def block_scan_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, A: Tensor, initial_state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    cdt, odt = _compute_dtype(q, k, v, A, initial_state)
+    q, k, v, A = (t.to(cdt) for t in (q, k, v, A))
+    Bsz, T, H, N = q.shape
+    nb, b = A.shape[3], A.shape[4]
+    P = v.shape[-1]
+    h = (
+        q.new_zeros(Bsz, H, nb, b, P)
+        if initial_state is None
+        else initial_state.to(cdt).view(Bsz, H, nb, b, P)
+    )
+    outs = []
+    for t in range(T):
+        kv = (k[:, t, :, :, None] * v[:, t, :, None, :]).view(Bsz, H, nb, b, P)
+        h = A[:, t] @ h + kv
+        outs.append(torch.einsum("bhn,bhnp->bhp", q[:, t], h.reshape(Bsz, H, N, P)))
+    o = torch.stack(outs, dim=1) if outs else v.new_zeros(Bsz, 0, H, P, dtype=cdt)
+    return o.to(odt), h.reshape(Bsz, H, N, P).to(odt)
+
+
+def _shift(x: Tensor, d: int, dim: int, fill: float = 0.0) -> Tensor:
+    """``y[t] = x[t - d]`` along ``dim`` (``fill`` for ``t < d``)."""
+    head = torch.full_like(x.narrow(dim, 0, d), fill)
+    return torch.cat([head, x.narrow(dim, 0, x.shape[dim] - d)], dim=dim)
+
+
+def block_scan_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    A: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 16,
+) -> tuple[Tensor, Tensor]:
+    if A.shape[-1] != 2:
+        raise ValueError(
+            f"impl='chunk' scans 2x2 blocks; got blocks of size {A.shape[-1]} (A {tuple(A.shape)})"
+        )
+    cdt, odt = _compute_dtype(q, k, v, A, initial_state)
+    q, k, v, A = (t.to(cdt) for t in (q, k, v, A))
+    Bsz, T, H, N = q.shape
+    m, P = N // 2, v.shape[-1]
+    L = min(chunk_size, max(T, 1))
+    C = -(-T // L)
+    pad = C * L - T
+
+    # Layout [B, H, C, L, ...], made contiguous once: strided broadcasts and batched matmuls on strided
+    # operands are several times slower on CPU. Block entries and state components are separate tensors,
+    # so every 2x2 product is four elementwise multiply-adds.
+    def chunks(t: Tensor, fill: float = 0.0) -> Tensor:  # [B, T, H, D] -> [B, H, C, L, D]
+        if pad:  # padded steps: identity transition, no input, no readout -> the state passes unchanged
+            t = F.pad(t, (0, 0, 0, 0, 0, pad), value=fill)
+        return t.unflatten(1, (C, L)).permute(0, 3, 1, 2, 4).contiguous()
+
+    a, d = (chunks(A[..., i, i], 1.0) for i in (0, 1))  # [Ba, H, C, L, m]
+    b, c = chunks(A[..., 0, 1]), chunks(A[..., 1, 0])
+    q0, q1 = (chunks(t) for t in q.view(Bsz, T, H, m, 2).unbind(-1))  # [B, H, C, L, m]
+    k0, k1 = (chunks(t) for t in k.view(Bsz, T, H, m, 2).unbind(-1))
+    v = chunks(v)  # [B, H, C, L, P]
+
+    # X_t = k_t e_t^T: X[b, h, c, t, s, j] = k[b, h, c, t, j] * (s == t), per component
+    eye = torch.eye(L, dtype=cdt, device=q.device)[:, :, None]
+    X0, X1 = k0.unsqueeze(4) * eye, k1.unsqueeze(4) * eye
+    step = 1
+    while step < L:  # Hillis-Steele: (later o earlier), earlier = position t - step along dim 3
+        s0, s1 = _shift(X0, step, 3), _shift(X1, step, 3)
+        ae, be, ce, de = (
+            _shift(a, step, 3, 1.0),
+            _shift(b, step, 3),
+            _shift(c, step, 3),
+            _shift(d, step, 3, 1.0),
+        )
+        ax, bx, cx, dx = (t.unsqueeze(4) for t in (a, b, c, d))
+        X0, X1 = X0 + ax * s0 + bx * s1, X1 + cx * s0 + dx * s1
+        a, b, c, d = a * ae + b * ce, a * be + b * de, c * ae + d * ce, c * be + d * de
+        step *= 2
+
+    # intra-chunk: scores[t, s] = q_t . X_t[:, s] (zero for s > t); o_t = sum_s scores[t, s] v_s
+    scores = (q0.unsqueeze(4) * X0 + q1.unsqueeze(4) * X1).sum(-1)  # [B, H, C, L(t), L(s)]
+    o = scores @ v
+    # the chunk's own contribution to its end state, X_L V (rows: component 0 then 1)
+    x_end = (
+        torch.cat([X0[:, :, :, -1], X1[:, :, :, -1]], dim=-1).transpose(-1, -2).contiguous()
+    )  # [B,H,C,2m,L]
+    local0, local1 = (x_end @ v).unflatten(-2, (2, m)).unbind(-3)  # [B, H, C, m, P]
+    qhat = torch.cat([q0 * a + q1 * c, q0 * b + q1 * d], dim=-1)  # prefix_t^T q_t: [B, H, C, L, 2m]
+    ea, eb, ec, ed = (
+        t[:, :, :, -1].unsqueeze(-1) for t in (a, b, c, d)
+    )  # chunk transitions [Ba, H, C, m, 1]
+
+    if initial_state is None:
+        h0 = h1 = q.new_zeros(Bsz, H, m, P)
+    else:
+        h0, h1 = initial_state.to(cdt).view(Bsz, H, m, 2, P).unbind(-2)
+    entering = []
+    # unbind once: indexing chunk i in the loop would cost a full-size zero gradient per index
+    per_chunk = zip(*(t.unbind(2) for t in (ea, eb, ec, ed, local0, local1)))
+    for ea_i, eb_i, ec_i, ed_i, l0_i, l1_i in per_chunk:  # loop over chunks only
+        entering.append(torch.cat([h0, h1], dim=-2))
+        h0, h1 = ea_i * h0 + eb_i * h1 + l0_i, ec_i * h0 + ed_i * h1 + l1_i
+    o = o + qhat @ torch.stack(entering, dim=2)  # [B, H, C, L, 2m] @ [B, H, C, 2m, P]
+    o = o.permute(0, 2, 3, 1, 4).reshape(Bsz, C * L, H, P)[:, :T]
+    return o.to(odt), torch.stack([h0, h1], dim=-2).reshape(Bsz, H, N, P).to(odt)
+
+
+def linoss_im_blocks(a: Tensor, dt: Tensor, damping: Tensor | None = None) -> Tensor:
+    """2x2 blocks of the LinOSS-IM transition (Rusch & Rus 2024), state ``[z, x]`` (velocity, position).
+
+    ``x'' = -a x + u`` discretised implicitly, ``z_n = z_{n-1} + dt (-a x_n + u_n)``,
+    ``x_n = x_{n-1} + dt z_n``, gives ``M = S [[1, -dt a], [dt, 1]]`` with ``S = 1 / (1 + dt^2 a)``;
+    its eigenvalues ``S (1 +- i dt sqrt(a))`` have modulus ``sqrt(S) <= 1`` for every ``a >= 0``.
+    ``damping`` (OscGate-SSM, values in [0, 1)) scales both rows: ``diag(1 - damping) M``.
+    ``a, dt, damping`` broadcast together; returns ``[..., 2, 2]``.
+    """
+    a, dt = torch.broadcast_tensors(a, dt)
+    s = 1.0 / (1.0 + dt * dt * a)
+    one = torch.ones_like(s)
+    M = torch.stack([torch.stack([one, -dt * a], -1), torch.stack([dt, one], -1)], -2) * s[..., None, None]
+    if damping is not None:
+        M = M * (1.0 - damping)[..., None, None]
+    return M
