@@ -366,10 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub) -> None:
     """Command families living in their own packages (benchmarks, history, gates)."""
-    try:  # TEMPORARY until harness.bench lands
-        from harness.bench.cli import add_bench_commands
-    except ModuleNotFoundError:
-        return
+    from harness.bench.cli import add_bench_commands
+
     add_bench_commands(sub)
 
 

@@ -143,8 +143,9 @@ def register_candidate(
         for key in preset:
             if key not in defaults:
                 raise RegistryError(suggest(key, defaults, f"hyperparameter of {cls.__name__}"))
-        if "+" in name:
-            raise RegistryError(f"candidate name {name!r} may not contain '+' (reserved for modifiers)")
+        base, plus, suffix = name.rpartition("+")
+        if plus and base and suffix in _MODIFIERS:
+            raise RegistryError(f"candidate name {name!r} ends in '+{suffix}', which names a modifier")
         existing = _CANDIDATES.get(name)
         if existing is not None and qualname(existing.cls) != qualname(cls):
             raise RegistryError(_twice("candidate", name, existing.cls, cls))
