@@ -50,6 +50,7 @@ from ._transition import TransitionMixer
     reference="Siems et al. 2025, DeltaProduct (trick 178): 2 Householder steps per token, beta in (0, 2)",
     n_householder=2,
     allow_negative=True,
+    chunk_size=16,
 )
 @register_candidate(
     "deltaproduct-3",
@@ -57,6 +58,7 @@ from ._transition import TransitionMixer
     reference="Siems et al. 2025, DeltaProduct (trick 178): 3 Householder steps per token, beta in (0, 2)",
     n_householder=3,
     allow_negative=True,
+    chunk_size=16,
 )
 @register_candidate(
     "ns-deltanet",
@@ -78,9 +80,11 @@ class DeltaNetMixer(TransitionMixer):
     - ``solve``: ``"trsm"`` (triangular solve) or ``"newton_schulz"`` (ns-deltanet, proposal 043:
       ``ceil(log2 chunk)`` Newton-Schulz steps, exact since the strictly-lower part is nilpotent, so
       ns-deltanet computes deltanet's map with matmuls only; same parameters, same outputs).
-      ns-deltanet's preset ``chunk_size=16``: Newton-Schulz costs ``O(L^3 log L)`` per chunk against
-      the solve's ``O(L^2 (N + P))``, so at 64 it is ~3x slower on CPU; the chunk length never changes
-      the map (``--set chunk_size=64`` matches the group's default, e.g. on tensor-core GPUs).
+    - presets ``chunk_size=16`` for ns-deltanet and deltaproduct-2/3 (the group default is 64). The
+      chunk length never changes the map, only speed: Newton-Schulz costs ``O(L^3 log L)`` per chunk
+      against the solve's ``O(L^2 (N + P))`` (~3x slower at 64 on CPU), and DeltaProduct's ``n * T``
+      virtual tokens make the per-chunk solves dominate at 64. ``--set chunk_size=64`` restores the
+      group default (e.g. on tensor-core GPUs).
     """
 
     def __init__(

@@ -167,11 +167,20 @@ def delta_rule_chunk(
     initial_state: Tensor | None = None,
     chunk_size: int = 64,
     solve: str = "trsm",
+    read_stride: int = 1,
 ) -> tuple[Tensor, Tensor]:
+    """Chunk form. ``read_stride > 1`` (used by ``delta_product``): ``q [B, T / stride, H, N]`` holds
+    queries for steps ``stride - 1, 2 stride - 1, ...`` only and the output has those rows only (the
+    other rows would be read with zero queries); the chunk length is rounded down to a multiple of it."""
     cdt, odt = compute_dtype(q, k, v, beta, decay, initial_state)
-    Bsz, T, H, N = q.shape
+    Bsz, T, H, N = k.shape
     P = v.shape[-1]
-    L = max(1, min(chunk_size, T))
+    rs = read_stride
+    if T % rs or q.shape[1] * rs != T:
+        raise ValueError(
+            f"read_stride={rs} needs T={T} divisible by it and q with T / stride rows, got {q.shape[1]}"
+        )
+    L = max(rs, min(chunk_size, T) // rs * rs)
     C = -(-T // L)
     pad = C * L - T
 
@@ -181,9 +190,12 @@ def delta_rule_chunk(
             t = F.pad(t, (0, 0) * (t.dim() - 3) + (0, pad))
         return t.unflatten(2, (C, L))
 
-    q, k, v = (chunks(t) for t in (q, k, v))
+    k, v = chunks(k), chunks(v)
+    q = q.to(cdt).transpose(1, 2)
+    q = (F.pad(q, (0, 0, 0, pad // rs)) if pad else q).unflatten(2, (C, L // rs))  # [B, H, C, L/rs, N]
     beta = chunks(beta)[..., None]  # [B, H, C, L, 1]
-    causal = torch.ones(L, L, dtype=cdt, device=q.device).tril()  # float masks: cheaper than where()
+    causal = torch.ones(L, L, dtype=cdt, device=k.device).tril()  # float masks: cheaper than where()
+    read = slice(rs - 1, None, rs)  # the rows that are read out
     bk = beta * k
     kk = bk @ k.transpose(-1, -2)  # [B, H, C, L, L]; only its strictly lower part is used
     qk = q @ k.transpose(-1, -2)
@@ -193,23 +205,23 @@ def delta_rule_chunk(
         # exp(g_i - g_j) for j <= i; above the diagonal the exponent is clamped to 0 before exp
         # (g is non-increasing, so the clamp is the identity on the kept part) and then masked
         gamma = torch.exp((g[..., :, None] - g[..., None, :]).clamp_max(0.0)) * causal
-        kk, qk = kk * gamma, qk * gamma
+        kk, qk = kk * gamma, qk * gamma[..., read, :]
         eg = torch.exp(g)[..., None]  # [B, H, C, L, 1]
         g_end = g[..., -1:]
         a_chunk = torch.exp(g_end)[..., None]  # [B, H, C, 1, 1]
         k_end = k * torch.exp(g_end - g)[..., None]
-        q_in = q * eg
+        q_in = q * eg[..., read, :]
         rhs = torch.cat([beta * v, bk * eg], dim=-1)
     else:
         a_chunk, k_end, q_in = None, k, q
-        qk = qk * causal
+        qk = qk * causal[read]
         rhs = torch.cat([beta * v, bk], dim=-1)
     # (I + strict_tril(kk)) [U0 | W] = rhs
     if solve == "trsm":  # unitriangular: the diagonal and upper part of kk are never read
         sol = torch.linalg.solve_triangular(kk, rhs, upper=False, unitriangular=True)
     else:
         sol = newton_schulz_solve(kk * torch.ones_like(causal).tril(-1), rhs)
-    u0, w = sol[..., :P], sol[..., P:]  # [B, H, C, L, P], [B, H, C, L, N]
+    u0, w = sol.split([P, N], dim=-1)  # [B, H, C, L, P], [B, H, C, L, N] (split: one cat in backward)
 
     S = None if initial_state is None else initial_state.to(cdt)  # None: a zero state, skip its products
     outs = []
@@ -227,7 +239,7 @@ def delta_rule_chunk(
         outs.append(q_c @ S + qk_c @ u)
         S = S if a_c is None else a_c * S
         S = S + kT_c @ u
-    o = torch.stack(outs, dim=2).flatten(2, 3)[:, :, :T].transpose(1, 2)  # [B, T, H, P]
+    o = torch.stack(outs, dim=2).flatten(2, 3)[:, :, : T // rs].transpose(1, 2)  # [B, T / rs, H, P]
     return o.to(odt), S.to(odt)
 
 
@@ -246,8 +258,9 @@ def delta_product(
 
     Per token ``S <- (I - beta_i k_i k_i^T) S + beta_i k_i v_i^T`` for ``i = 1..n_h`` (after the token's
     decay ``a_t``, ``decay [B, T, H]``, applied once at its first step), then ``o_t = S^T q_t``. Run as
-    the delta rule over ``n_h * T`` virtual tokens (``chunk_size`` counts virtual tokens); the query
-    is placed at each token's last virtual step. Returns ``(o [B, T, H, P], final_state)``.
+    the delta rule over ``n_h * T`` virtual tokens (``chunk_size`` counts virtual tokens, rounded down
+    to a multiple of ``n_h``); only each token's last virtual step is read out (``read_stride``).
+    Returns ``(o [B, T, H, P], final_state)``.
     """
     if k.dim() != 5 or v.dim() != 5 or beta.dim() != 4 or q.dim() != 4:
         raise ValueError(
@@ -261,8 +274,6 @@ def delta_product(
             f"matching sizes; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
             f"beta {tuple(beta.shape)}"
         )
-    qv = torch.zeros(Bsz, T, nh, H, N, dtype=q.dtype, device=q.device)
-    qv = torch.cat([qv[:, :, :-1], q[:, :, None]], dim=2)
     dv = None
     if decay is not None:
         if decay.shape != (Bsz, T, H):
@@ -271,15 +282,16 @@ def delta_product(
             [decay[:, :, None], torch.ones_like(decay)[:, :, None].expand(-1, -1, nh - 1, -1)], dim=2
         )
         dv = dv.flatten(1, 2)
+    kf, vf, bf = k.flatten(1, 2), v.flatten(1, 2), beta.flatten(1, 2)
+    if impl == "chunk" and T > 0:  # queries only at each token's last virtual step: 1/n_h of the readout
+        _check(kf, kf, vf, bf, dv, initial_state)
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if solve not in SOLVES:
+            raise ValueError(f"unknown solve {solve!r}; allowed: {', '.join(SOLVES)}")
+        return delta_rule_chunk(q, kf, vf, bf, dv, initial_state, chunk_size, solve, read_stride=nh)
+    qv = torch.cat([torch.zeros_like(q)[:, :, None].expand(-1, -1, nh - 1, -1, -1), q[:, :, None]], dim=2)
     o, S = delta_rule(
-        qv.flatten(1, 2),
-        k.flatten(1, 2),
-        v.flatten(1, 2),
-        beta.flatten(1, 2),
-        dv,
-        initial_state,
-        impl=impl,
-        chunk_size=chunk_size,
-        solve=solve,
+        qv.flatten(1, 2), kf, vf, bf, dv, initial_state, impl=impl, chunk_size=chunk_size, solve=solve
     )
     return o.unflatten(1, (T, nh))[:, :, -1], S

@@ -109,6 +109,10 @@ def make(kind: str, T: int = 37, dtype=F64, seed: int = 0, B=2, H=3, N=5, P=4):
         d = torch.polar(u, 2 * math.pi * torch.rand(B, T, H, N, generator=g, dtype=F64))
         q = torch.complex(q, r(B, T, H, N))
         v = torch.complex(v, r(B, T, H, P))
+    elif kind == "neg-complex-qv":  # real signed decay, complex q and v (mixed dtypes promote)
+        d = 2 * u - 1
+        q = torch.complex(q, r(B, T, H, N))
+        v = torch.complex(v, r(B, T, H, P))
     elif kind == "tiny":  # zeros and magnitudes far below the clamp: forces the pairwise path
         d = u * 1e-6
         d[:, ::3] = 0.0
@@ -121,7 +125,7 @@ def make(kind: str, T: int = 37, dtype=F64, seed: int = 0, B=2, H=3, N=5, P=4):
     return q, k, v, d, h0
 
 
-@pytest.mark.parametrize("kind", ["pos", "slow", "neg", "complex", "tiny"])
+@pytest.mark.parametrize("kind", ["pos", "slow", "neg", "complex", "neg-complex-qv", "tiny"])
 @pytest.mark.parametrize("chunk", [1, 4, 16, 64])
 @pytest.mark.parametrize("dtype", [F64, F32])
 def test_diag_scan_chunk_matches_recurrent(kind, chunk, dtype):
