@@ -121,10 +121,11 @@ def test_cpu_peak_memory_sees_a_large_allocation():
         t = torch.ones(16 * 2**20 // 4 * 4)  # 64 MiB, touched
         return t.sum()
 
-    peak, method = peak_memory_bytes(alloc, torch.device("cpu"))
+    peak, method, seconds = peak_memory_bytes(alloc, torch.device("cpu"))
     if peak is None:
         pytest.skip(f"peak memory unavailable here: {method}")
     assert 60 * 2**20 <= peak < 1024 * 2**20, (peak, method)
+    assert 0 < seconds < 60
 
 
 # -- throughput ---------------------------------------------------------------------------------------
@@ -145,6 +146,14 @@ def test_throughput_softmax_and_linear_attention(tmp_path):
         assert r["x_base"] is not None and r["x_base"] > 0
         assert r["threads"] == 1 and r["session"]
     assert all(r["x_base"] == 1.0 for r in rows if r["candidate"] == "softmax")
+    # decode: the KV cache is grown to each T; a constant-size state is not stepped past the first T
+    held = {(r["candidate"], r["seq_len"]): r["state_tokens"] for r in rows if r["pass"] == "step"}
+    assert held == {
+        ("softmax", 16): 16,
+        ("softmax", 64): 64,
+        ("linear-attention", 16): 16,
+        ("linear-attention", 64): 16,
+    }
     text = report.render(report.throughput_table(rows), "table")
     assert "linear-attention" in text and "fwd_bwd" in text and "exponent" in text
 

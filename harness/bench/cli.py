@@ -104,7 +104,7 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
     p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
-    p.add_argument("--min-run-time", type=float, default=0.2, help="seconds of timed calls per shape")
+    p.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timed calls per shape")
     p.add_argument(
         "--baseline", default="softmax", help="candidate measured alongside ('none' for no baseline)"
     )

@@ -12,8 +12,11 @@ The passes:
 - ``fwd_bwd``: ``zero_grad``, forward with an input that requires grad, ``backward`` of a fixed
   random output gradient (what a training step does), module in train mode;
 - ``step``: one ``step(x_t, state)`` call under ``no_grad`` with the state reached after ``T``
-  tokens (built by stepping through ``T`` random tokens, once per candidate and growing with T), so
-  softmax's growing KV cache is timed at its real size; tokens/s = batch / time.
+  tokens (built by stepping through random tokens, once per candidate and growing with T), so
+  softmax's growing KV cache is timed at its real size; tokens/s = batch / time. A state whose size
+  does not change over the first T tokens is constant-size (a recurrent state): its step costs the
+  same at any position, so it is not stepped further and the longer T's reuse it (``state_tokens``
+  in the row says how many tokens the timed state holds).
 
 Implementations: ``parallel`` (``forward``) on CPU; on CUDA every entry of ``implementations()`` but
 the ``recurrent`` reference (e.g. a ``triton`` fast path). ``impls=`` overrides.
@@ -57,6 +60,7 @@ from harness.bench.timing import (
     time_cuda,
     time_once,
 )
+from harness.mixer import state_bytes
 from harness.registry import get_candidate
 from harness.results import RecordStore
 
@@ -79,7 +83,7 @@ class ThroughputConfig:
     impls: Sequence[str] | None = None
     time_cap: float | None = None  # seconds per call: 1.0 on CPU, 10.0 on CUDA
     decode_build_cap: float = 60.0  # seconds to step through T tokens to reach the decode state
-    min_run_time: float = 0.2
+    min_run_time: float = 0.1
     min_samples: int = 5
     threads: int | None = None  # torch threads; None: 1 on CPU (stable on a shared machine), else torch's
     baseline: str | None = "softmax"
@@ -268,6 +272,7 @@ class _CandidateRunner:
         self.history: dict[tuple[str, str], list[tuple[int, float]]] = {}  # (pass, impl) -> (T, s)
         self.state = None
         self.state_pos = 0
+        self.constant_state = False
         self.step_estimate: float | None = None
         gen = torch.Generator().manual_seed(1)
         self.decode_inputs = torch.randn(cfg.batch, 64, cfg.d_model, generator=gen).to(device, dtype)
@@ -362,6 +367,8 @@ class _CandidateRunner:
                 self.step_estimate = time_once(
                     lambda: model.step(self.decode_inputs[:, 0], self.state), self.device
                 )
+            if self.constant_state:
+                return None
             need = T - self.state_pos
             pred = need * self.step_estimate
             if pred > self.cfg.decode_build_cap:
@@ -370,8 +377,10 @@ class _CandidateRunner:
                     f"> decode_build_cap {self.cfg.decode_build_cap} s"
                 )
             n_in = self.decode_inputs.shape[1]
+            size_before = state_bytes(self.state)[1]
             for t in range(self.state_pos, T):
                 _, self.state = model.step(self.decode_inputs[:, t % n_in], self.state)
+            self.constant_state = state_bytes(self.state)[1] == size_before
             self.state_pos = T
         return None
 
@@ -388,11 +397,12 @@ class _CandidateRunner:
         first = time_once(fn, self.device)  # warmup; includes one-time costs (compilation, caches)
         if first > 10 * cap:  # the first call may carry one-time costs; this one is hopeless anyway
             return {"status": "skipped", "reason": f"time cap {cap} s: the first call took {first:.3g} s"}
-        call = time_once(fn, self.device)
+        peak, mem_method, call = peak_memory_bytes(fn, self.device)  # the second call, timed as well
         if call > cap:
             return {"status": "skipped", "reason": f"time cap {cap} s: one call took {call:.3g} s"}
-        peak, mem_method = peak_memory_bytes(fn, self.device)
         out: dict[str, Any] = {"peak_mem_bytes": peak, "mem_method": mem_method}
+        if p == "step":
+            out["state_tokens"] = self.state_pos
         if self.device.type == "cuda":
             flops = count_flops(fn)
             stats = time_cuda(fn, grad_to_none=grads)

@@ -167,24 +167,30 @@ def _reset_hwm() -> bool:
         return False
 
 
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str]:
-    """Extra memory at the peak of one call of ``fn`` over what was in use before; and the method."""
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int | None, str, float]:
+    """Extra memory at the peak of one call of ``fn`` over what was in use before, the method, and
+    the wall time of that call (so the call also serves as a timed warmup)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize(device)
-        return max(0, torch.cuda.max_memory_allocated(device) - before), CUDA_MEMORY_METHOD
+        seconds = time.perf_counter() - t0
+        return max(0, torch.cuda.max_memory_allocated(device) - before), CUDA_MEMORY_METHOD, seconds
     _malloc_trim()
-    if not _reset_hwm():
-        return None, "unavailable (no /proc/self/clear_refs)"
+    hwm = _reset_hwm()
     before = _proc_status_kb("VmRSS")
+    t0 = time.perf_counter()
     fn()
+    seconds = time.perf_counter() - t0
     peak = _proc_status_kb("VmHWM")
+    if not hwm:
+        return None, "unavailable (no /proc/self/clear_refs)", seconds
     if before is None or peak is None:
-        return None, "unavailable (no VmRSS/VmHWM)"
-    return max(0, peak - before) * 1024, CPU_MEMORY_METHOD
+        return None, "unavailable (no VmRSS/VmHWM)", seconds
+    return max(0, peak - before) * 1024, CPU_MEMORY_METHOD, seconds
 
 
 # -- FLOPs and peaks -----------------------------------------------------------------------------
