@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from harness.kernels.dense_scan import dense_scan
 from harness.kernels.fourier import (
-    circulant_from_eigenvalues,
     circulant_matrix,
     circulant_matvec,
     circulant_scan,
+    dft_matrices,
     n_bins,
     self_conjugate_mask,
 )
@@ -68,7 +68,8 @@ class _CirculantBase(TransitionMixer):
         """``[..., H * n_blocks * n_bins] -> [..., H, n_blocks, n_bins]``."""
         return t.unflatten(-1, (self.n_heads, self.n_blocks, self.n_bins))
 
-    def eigenvalues(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def eigenvalues(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """Half-spectrum eigenvalues in polar form ``(magnitude, phase)``, ``[..., H, n_blocks, n_bins]``."""
         raise NotImplementedError
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -124,10 +125,10 @@ class CirculantMixer(_CirculantBase):
         with torch.no_grad():
             self.theta_proj.bias.uniform_(0.0, max_init_phase)
 
-    def eigenvalues(self, x: Tensor) -> Tensor:
+    def eigenvalues(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r = _gate(self.bins(_lin32(self.r_proj, x)), self.gate_temperature)
         theta = self.bins(_lin32(self.theta_proj, x)).masked_fill(self.conj_mask, 0.0)
-        return torch.polar(r, theta)  # [B, T, H, n_blocks, n_bins]
+        return r, theta  # polar form, [B, T, H, n_blocks, n_bins] each
 
 
 @register_candidate(
@@ -176,14 +177,13 @@ class CayleyCirculantMixer(_CirculantBase):
             self.g_proj = nn.Linear(d_model, n_heads)
             nn.init.zeros_(self.g_proj.bias)
 
-    def eigenvalues(self, x: Tensor) -> Tensor:
+    def eigenvalues(self, x: Tensor) -> tuple[Tensor, Tensor]:
         omega = self.bins(_lin32(self.omega_proj, x)).masked_fill(self.conj_mask, 0.0)
-        one = torch.ones_like(omega)
-        lam = torch.complex(one, -omega) / torch.complex(one, omega)  # |lam| = 1 exactly
-        if self.decay_gate:
-            gamma = _gate(_lin32(self.g_proj, x), self.gate_temperature)  # [B, T, H]
-            lam = lam * gamma[..., None, None]
-        return lam
+        phase = -2.0 * torch.atan(omega)  # (1 - i w) / (1 + i w) = e^{-2 i atan w}, |.| = 1 exactly
+        if not self.decay_gate:
+            return torch.ones_like(phase), phase
+        gamma = _gate(_lin32(self.g_proj, x), self.gate_temperature)  # [B, T, H]
+        return gamma[..., None, None].expand_as(phase), phase
 
 
 @register_candidate(
@@ -229,8 +229,9 @@ class CirculantDiagonalMixer(TransitionMixer):
         with torch.no_grad():
             self.theta_proj.bias.uniform_(0.0, max_init_phase)
 
-    def factors(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(d1, lam, d2)``: ``[..., H, N]``, complex ``[..., H, n_bins]``, ``[..., H, N]``."""
+    def factors(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """``(d1, (r, theta), d2)``: ``[..., H, N]``, the circulant's half spectrum in polar form
+        ``[..., H, n_bins]`` each, ``[..., H, N]``."""
         d1, d2 = (
             _gate(_lin32(self.d_proj, x), self.gate_temperature)
             .unflatten(-1, (2, self.n_heads, -1))
@@ -239,12 +240,14 @@ class CirculantDiagonalMixer(TransitionMixer):
         hb = (self.n_heads, self.n_bins)
         r = _gate(_lin32(self.r_proj, x).unflatten(-1, hb), self.gate_temperature)
         theta = _lin32(self.theta_proj, x).unflatten(-1, hb).masked_fill(self.conj_mask, 0.0)
-        return d1, torch.polar(r, theta), d2
+        return d1, (r, theta), d2
 
     def transition(self, x: Tensor) -> Tensor:
-        """Materialised ``A [..., H, N, N] = D1 C D2``."""
-        d1, lam, d2 = self.factors(x)
-        C = circulant_matrix(circulant_from_eigenvalues(lam, self.d_state))
+        """Materialised ``A [..., H, N, N] = D1 C D2`` (first column ``c = irfft(lam)`` by a real DFT matrix)."""
+        d1, (r, theta), d2 = self.factors(x)
+        _, inv = dft_matrices(self.d_state, r.dtype, r.device)
+        c = torch.cat([r * torch.cos(theta), r * torch.sin(theta)], dim=-1) @ inv
+        C = circulant_matrix(c)
         return d1[..., :, None] * C * d2[..., None, :]
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -252,7 +255,8 @@ class CirculantDiagonalMixer(TransitionMixer):
         return o.to(x.dtype)
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        d1, lam, d2 = self.factors(x_t)  # [B, H, N], [B, H, n_bins], [B, H, N]
+        d1, (r, theta), d2 = self.factors(x_t)  # [B, H, N], [B, H, n_bins] x 2, [B, H, N]
+        lam = torch.polar(r, theta)
         h = state.to(d1.dtype)
         h = d1[..., None] * circulant_matvec(lam[..., None], d2[..., None] * h, dim=-2)
         h = h + k.to(h.dtype)[..., :, None] * v.to(h.dtype)[..., None, :]

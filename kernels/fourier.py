@@ -10,7 +10,9 @@ ones (imaginary parts of the self-conjugate bins dropped), which is exactly what
 
 ``circulant_scan`` runs ``h_t = C_t h_{t-1} + k_t v_t^T``, ``o_t = h_t^T q_t`` (the transitions group's
 recurrence, ``C_t`` block-diagonal with ``n_blocks`` circulant blocks of size ``b``) for input-dependent
-eigenvalues ``lam [B, T, H, n_blocks, b // 2 + 1]``:
+eigenvalues ``lam [B, T, H, n_blocks, b // 2 + 1]``, given either as a complex tensor or as a pair
+``(magnitude, phase)`` of real tensors (``lam = magnitude * e^{i phase}``; the pair form lets a caller
+that parameterises eigenvalues in polar form skip complex arithmetic altogether):
 
 - ``impl="chunk"``: in the Fourier basis the recurrence is diagonal. With ``H_t = rfft(h_t)``
   (per block, along the state dim), ``H_t[j] = lam_t[j] H_{t-1}[j] + rfft(k_t)[j] v_t``, and by
@@ -21,12 +23,14 @@ eigenvalues ``lam [B, T, H, n_blocks, b // 2 + 1]``:
   (kernels/diag_scan.py, chunkwise) over ``[Re, Im]`` channels with decays ``|lam|``. Self-conjugate
   bins have a real (possibly negative) eigenvalue and a real spectrum: they keep one channel and
   their signed eigenvalue as the decay. So the real scan has exactly ``N`` channels (the rfft is a
-  real-linear bijection of R^b): no complex arithmetic, the same state size as ``h``.
+  real-linear bijection of R^b): no complex arithmetic, the same state size as ``h``. For the small
+  blocks used here (``b <= 64``) the transforms are real ``b x b`` DFT matrices applied by one matmul
+  (cheaper on CPU than FFT calls plus complex elementwise ops; the same numbers).
   ``Phi`` is a running sum over the whole sequence (phases reduced mod 2 pi first); its rounding
   error grows like ``T * eps * |Phi|``, as in RoPE.
 - ``impl="recurrent"``: the reference, entirely in the real basis: each ``C_t`` materialised as a real
-  ``b x b`` matrix from ``irfft(lam_t)`` and applied by a matmul, one step at a time. No FFT of the
-  state, no Parseval: an independent check of the Fourier-domain algebra.
+  ``b x b`` matrix from ``irfft(lam_t)`` and applied by a matmul, one step at a time. No transform of
+  the state, no Parseval: an independent check of the Fourier-domain algebra.
 
 Half-precision inputs are computed in float32 (FFTs and phase sums need it) and outputs cast back.
 """
@@ -92,22 +96,36 @@ def circulant_matvec(lam: Tensor, x: Tensor, dim: int = -1) -> Tensor:
     return torch.fft.irfft(lam * X, n=n, dim=dim)
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, initial_state: Tensor | None) -> tuple[int, int]:
+Eigenvalues = Tensor | tuple[Tensor, Tensor]
+
+
+def _check(
+    q: Tensor, k: Tensor, v: Tensor, lam: Eigenvalues, initial_state: Tensor | None
+) -> tuple[int, int]:
     if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             "expected q, k [B, T, H, N] and v [B, T, H, P] with matching B, T, H; got "
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     Bsz, T, H, N = q.shape
-    if lam.dim() != 5 or tuple(lam.shape[:3]) != (Bsz, T, H) or not lam.is_complex():
+    if isinstance(lam, tuple):
+        if len(lam) != 2 or lam[0].shape != lam[1].shape or lam[0].is_complex() or lam[1].is_complex():
+            raise ValueError(
+                "lam as a pair must be (magnitude, phase), two real tensors of one shape; got "
+                f"{[(tuple(t.shape), t.dtype) for t in lam]}"
+            )
+        shape, ok = lam[0].shape, True
+    else:
+        shape, ok = lam.shape, lam.is_complex()
+    if len(shape) != 5 or tuple(shape[:3]) != (Bsz, T, H) or not ok:
         raise ValueError(
-            f"expected complex lam [B, T, H, n_blocks, b // 2 + 1] with B, T, H of q {tuple(q.shape)}; "
-            f"got {'complex' if lam.is_complex() else lam.dtype} lam {tuple(lam.shape)}"
+            f"expected lam [B, T, H, n_blocks, b // 2 + 1] (complex, or a (magnitude, phase) pair) with B, T, H "
+            f"of q {tuple(q.shape)}; got lam {tuple(shape)}{'' if ok else ' (real: pass a pair or a complex tensor)'}"
         )
-    nblk = lam.shape[3]
-    if nblk < 1 or N % nblk or n_bins(N // nblk) != lam.shape[4]:
+    nblk = shape[3]
+    if nblk < 1 or N % nblk or n_bins(N // nblk) != shape[4]:
         raise ValueError(
-            f"lam [B, T, H, n_blocks, b // 2 + 1] needs N = n_blocks * b; got lam {tuple(lam.shape)} for N={N}"
+            f"lam [B, T, H, n_blocks, b // 2 + 1] needs N = n_blocks * b; got lam {tuple(shape)} for N={N}"
         )
     if initial_state is not None and tuple(initial_state.shape) != (Bsz, H, N, v.shape[-1]):
         raise ValueError(
@@ -133,7 +151,7 @@ def circulant_scan(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    lam: Tensor,
+    lam: Eigenvalues,
     initial_state: Tensor | None = None,
     impl: str = "chunk",
     chunk_size: int = 64,
@@ -148,13 +166,15 @@ def circulant_scan(
 
 
 def circulant_scan_recurrent(
-    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, initial_state: Tensor | None = None
+    q: Tensor, k: Tensor, v: Tensor, lam: Eigenvalues, initial_state: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     nblk, b = _check(q, k, v, lam, initial_state)
     cdt, odt = _compute_dtype(q, k, v, initial_state)
     q, k, v = (t.to(cdt) for t in (q, k, v))
     Bsz, T, H, N = q.shape
     P = v.shape[-1]
+    if isinstance(lam, tuple):
+        lam = torch.polar(lam[0].to(cdt), lam[1].to(cdt))
     Cm = circulant_matrix(circulant_from_eigenvalues(lam.to(complex_dtype(cdt)), b))  # [B, T, H, nblk, b, b]
     h = (
         q.new_zeros(Bsz, H, nblk, b, P)
@@ -170,58 +190,89 @@ def circulant_scan_recurrent(
     return o.to(odt), h.reshape(Bsz, H, N, P).to(odt)
 
 
-def _pack(z: Tensor, conj_mask: Tensor) -> Tensor:
-    """Complex half spectra ``[..., nblk, nb]`` -> real channels ``[..., N]``: ``Re`` of every bin, then
-    ``Im`` of the bins that are not self-conjugate (those are real: no second channel)."""
-    return torch.cat([z.real, z.imag[..., ~conj_mask]], dim=-1).flatten(-2)
+def dft_matrices(b: int, dtype: torch.dtype, device=None) -> tuple[Tensor, Tensor]:
+    """Real forms of rfft / irfft along a length-``b`` axis, as matrices.
 
-
-def _unpack(x: Tensor, conj_mask: Tensor, nblk: int) -> Tensor:
-    """Inverse of ``_pack`` along dim -2 of ``x [..., N, P]`` -> complex ``[..., nblk, nb, P]``."""
-    nb = conj_mask.numel()
-    x = x.unflatten(-2, (nblk, -1))  # [..., nblk, nb + n_im, P]
-    re, im_part = x[..., :nb, :], x[..., nb:, :]
-    im = torch.zeros_like(re)
-    im[..., ~conj_mask, :] = im_part
-    return torch.complex(re, im)
+    ``fwd [b, 2 nb]``: ``x @ fwd = [Re rfft(x), Im rfft(x)]``; ``inv [2 nb, b]``:
+    ``[Re X, Im X] @ inv = irfft(X, b)`` (imaginary parts of self-conjugate bins ignored, as irfft does).
+    """
+    nb = n_bins(b)
+    ang = (
+        2
+        * math.pi
+        * torch.outer(torch.arange(b, dtype=torch.float64), torch.arange(nb, dtype=torch.float64))
+        / b
+    )
+    fwd = torch.cat([torch.cos(ang), -torch.sin(ang)], dim=1)
+    w = hermitian_weights(b, torch.float64) / b
+    inv = torch.cat([w[:, None] * torch.cos(ang).T, -w[:, None] * torch.sin(ang).T], dim=0)
+    inv[nb:][self_conjugate_mask(b)] = 0.0
+    return fwd.to(dtype=dtype, device=device), inv.to(dtype=dtype, device=device)
 
 
 def circulant_scan_chunk(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    lam: Tensor,
+    lam: Eigenvalues,
     initial_state: Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     nblk, b = _check(q, k, v, lam, initial_state)
     cdt, odt = _compute_dtype(q, k, v, initial_state)
     q, k, v = (t.to(cdt) for t in (q, k, v))
-    lam = lam.to(complex_dtype(cdt))
+    if isinstance(lam, tuple):
+        mag, theta = (t.to(cdt) for t in lam)
+    else:
+        lam = lam.to(complex_dtype(cdt))
+        mag, theta = lam.abs(), torch.angle(lam)
     Bsz, T, H, N = q.shape
-    conj_mask = self_conjugate_mask(b, q.device)  # [nb]
+    nb = n_bins(b)
+    hi = nb - 1 if b % 2 == 0 else nb  # complex bins are 1 .. hi - 1; 0 (and nb - 1 for even b) are real
+    fwd, inv = dft_matrices(b, cdt, q.device)
 
-    Q = torch.fft.rfft(q.unflatten(-1, (nblk, b)), dim=-1)  # [B, T, H, nblk, nb]
-    K = torch.fft.rfft(k.unflatten(-1, (nblk, b)), dim=-1)
-    mag = lam.abs()
-    # self-conjugate bins: real signed eigenvalue, no phase; others: |lam| and a running phase
-    theta = torch.where(conj_mask, torch.zeros_like(mag), torch.angle(lam))
-    phi = torch.remainder(theta, 2 * math.pi).cumsum(dim=1)
-    rot = torch.polar(torch.ones_like(phi), phi)
-    w = hermitian_weights(b, cdt, q.device) / b
-    z = torch.conj(Q) * rot * w  # readout side
-    u = K * torch.conj(rot)  # input side
-    decay_c = torch.where(conj_mask, lam.real, mag)
-    q2 = _pack(torch.complex(z.real, -z.imag), conj_mask)  # Re(z u) = Re z Re u - Im z Im u
-    k2 = _pack(u, conj_mask)
-    decay = torch.cat([decay_c, mag[..., ~conj_mask]], dim=-1).flatten(-2)
+    Qf = q.unflatten(-1, (nblk, b)) @ fwd  # [B, T, H, nblk, 2 nb]: [Re Q, Im Q]
+    Kf = k.unflatten(-1, (nblk, b)) @ fwd
+    Qr, Qi, Kr, Ki = Qf[..., :nb], Qf[..., nb:], Kf[..., :nb], Kf[..., nb:]
+    # running phase of the complex bins only (the self-conjugate bins carry their sign in the decay)
+    phi = torch.remainder(theta[..., 1:hi], 2 * math.pi).cumsum(dim=1)
+    c, s = torch.cos(phi), torch.sin(phi)
+    w = 2.0 / b  # Parseval weight of a complex bin; self-conjugate bins weigh 1 / b
+    # z = conj(Q) e^{i Phi}, u = K e^{-i Phi}; readout Re(z u) = Re z Re u - Im z Im u
+    Qr_c, Qi_c, Kr_c, Ki_c = Qr[..., 1:hi], Qi[..., 1:hi], Kr[..., 1:hi], Ki[..., 1:hi]
+    q_re = w * (Qr_c * c + Qi_c * s)
+    q_im = w * (Qi_c * c - Qr_c * s)  # = -Im z
+    k_re = Kr_c * c + Ki_c * s
+    k_im = Ki_c * c - Kr_c * s
+    real_bins = [0] if hi == nb else [0, nb - 1]
+    q_real = Qr[..., real_bins] / b
+    k_real = Kr[..., real_bins]
+    d_real = mag[..., real_bins] * torch.cos(theta[..., real_bins])  # the (signed) real eigenvalue
+    d_c = mag[..., 1:hi]
+    # channels per block: [real bins, Re of complex bins, Im of complex bins] -> exactly b channels
+    q2 = torch.cat([q_real, q_re, q_im], dim=-1).flatten(-2)
+    k2 = torch.cat([k_real, k_re, k_im], dim=-1).flatten(-2)
+    decay = torch.cat([d_real, d_c, d_c], dim=-1).flatten(-2)
+
+    def pack_state(X: Tensor) -> Tensor:  # [B, H, nblk, 2 nb, P] ([Re; Im]) -> channels [B, H, N, P]
+        Xr, Xi = X[..., :nb, :], X[..., nb:, :]
+        return torch.cat([Xr[..., real_bins, :], Xr[..., 1:hi, :], Xi[..., 1:hi, :]], dim=-2).flatten(-3, -2)
 
     h0 = None
-    if initial_state is not None:  # S_0 = H_0 = rfft(h_0) (Phi_0 = 0), packed
-        H0 = torch.fft.rfft(initial_state.to(cdt).unflatten(-2, (nblk, b)), dim=-2)  # [B, H, nblk, nb, P]
-        h0 = torch.cat([H0.real, H0.imag[..., ~conj_mask, :]], dim=-2).flatten(-3, -2)
+    if initial_state is not None:  # S_0 = H_0 = rfft(h_0) (Phi_0 = 0)
+        H0 = fwd.T @ initial_state.to(cdt).unflatten(-2, (nblk, b))  # [B, H, nblk, 2 nb, P]
+        h0 = pack_state(H0)
     o, S = diag_scan(q2, k2, v, decay, initial_state=h0, impl="chunk", chunk_size=chunk_size)
-    # final state: H_T = e^{i Phi_T} S_T, back to the real basis
-    HT = _unpack(S, conj_mask, nblk) * rot[:, -1, :, :, :, None] if T else _unpack(S, conj_mask, nblk)
-    hT = torch.fft.irfft(HT, n=b, dim=-2).flatten(-3, -2)  # [B, H, N, P]
+
+    # final state: H_T = e^{i Phi_T} S_T on the complex bins, S_T on the real ones; then irfft
+    S = S.unflatten(-2, (nblk, b))  # [B, H, nblk, b, P]
+    nr = len(real_bins)
+    Sr, Sre, Sim = S[..., :nr, :], S[..., nr : nr + hi - 1, :], S[..., nr + hi - 1 :, :]
+    if T:
+        cT, sT = c[:, -1, ..., None], s[:, -1, ..., None]  # [B, H, nblk, hi - 1, 1]
+        Sre, Sim = Sre * cT - Sim * sT, Sre * sT + Sim * cT
+    zero = torch.zeros_like(Sr[..., :1, :])
+    Hre = torch.cat([Sr[..., :1, :], Sre, Sr[..., 1:, :]], dim=-2)  # bins 0 .. nb - 1
+    Him = torch.cat([zero, Sim, zero[..., : nb - hi, :]], dim=-2)
+    hT = (inv.T @ torch.cat([Hre, Him], dim=-2)).flatten(-3, -2)  # [B, H, N, P]
     return o.to(odt), hT.to(odt)

@@ -13,6 +13,7 @@ from harness.kernels.fourier import (
     circulant_matrix,
     circulant_matvec,
     circulant_scan,
+    dft_matrices,
     hermitian_weights,
     real_spectrum,
     self_conjugate_mask,
@@ -74,6 +75,16 @@ def test_real_spectrum_and_weights(n):
     assert torch.allclose(circulant_eigenvalues(circulant_from_eigenvalues(lam, n)), proj, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 3, 8, 16])
+def test_dft_matrices_are_rfft_and_irfft(n):
+    x = torch.randn(5, n, dtype=F64, generator=gen(4))
+    fwd, inv = dft_matrices(n, F64)
+    X = torch.fft.rfft(x)
+    assert torch.allclose(x @ fwd, torch.cat([X.real, X.imag], -1), atol=1e-12)
+    Z = torch.randn(5, n // 2 + 1, dtype=torch.complex128, generator=gen(5))  # any spectrum, projected
+    assert torch.allclose(torch.cat([Z.real, Z.imag], -1) @ inv, torch.fft.irfft(Z, n), atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # circulant_scan: Fourier-domain chunk form vs real-basis reference
 
@@ -99,6 +110,16 @@ def test_circulant_scan_chunk_matches_reference_f64(N, nblk, chunk):
         o_ref, h_ref = circulant_scan(q, k, v, lam, init, impl="recurrent")
         o, h = circulant_scan(q, k, v, lam, init, impl="chunk", chunk_size=chunk)
         assert rel(o, o_ref) < 1e-12 and rel(h, h_ref) < 1e-12
+
+
+@pytest.mark.parametrize("N,nblk", [(16, 1), (12, 4), (9, 3)])
+def test_circulant_scan_polar_pair_equals_complex(N, nblk):
+    q, k, v, lam, h0 = circ_inputs(2, 19, 2, N, 3, nblk)
+    pair = (lam.abs(), torch.angle(lam) + 2 * math.pi)  # a phase off by 2 pi is the same eigenvalue
+    for impl in ("recurrent", "chunk"):
+        o, h = circulant_scan(q, k, v, lam, h0, impl=impl, chunk_size=8)
+        o2, h2 = circulant_scan(q, k, v, pair, h0, impl=impl, chunk_size=8)
+        assert rel(o2, o) < 1e-12 and rel(h2, h) < 1e-12
 
 
 def test_circulant_scan_reference_is_the_real_circulant_recurrence():
@@ -171,6 +192,10 @@ def test_circulant_scan_bad_shapes():
         circulant_scan(q[..., :7], k[..., :7], v, torch.ones(1, 4, 2, 2, 2, dtype=torch.complex128))  # 2 !| 7
     with pytest.raises(ValueError, match=r"q, k \[B, T, H, N\]"):
         circulant_scan(q, k[:, :3], v, lam)
+    with pytest.raises(ValueError, match="pair"):
+        circulant_scan(q, k, v, (lam.abs(), lam.abs()[..., :2]))  # mismatched magnitude / phase
+    with pytest.raises(ValueError, match="pair"):
+        circulant_scan(q, k, v, (lam, lam))  # complex members
     with pytest.raises(ValueError, match="initial_state"):
         circulant_scan(q, k, v, lam, h0[..., :2])
     with pytest.raises(ValueError, match="impl"):
@@ -289,8 +314,9 @@ def test_cayley_circulant_is_exactly_orthogonal_without_gate():
     m = get_candidate("cayley-circulant").build(32, decay_gate=False).double()
     with torch.no_grad():
         m.omega_proj.weight.normal_()
-        lam = m.eigenvalues(torch.randn(2, 5, 32, dtype=F64, generator=gen(1)))  # [B, T, H, 1, nb]
-    assert torch.allclose(lam.abs(), torch.ones_like(lam.real), atol=1e-14)
+        mag, phase = m.eigenvalues(torch.randn(2, 5, 32, dtype=F64, generator=gen(1)))  # [B, T, H, 1, nb]
+    lam = torch.polar(mag, phase)
+    assert torch.equal(mag, torch.ones_like(mag))
     Q = circulant_matrix(circulant_from_eigenvalues(lam[..., 0, :], 16))
     eye = torch.eye(16, dtype=F64)
     assert torch.allclose(Q.transpose(-1, -2) @ Q, eye.expand_as(Q), atol=1e-12)
@@ -318,7 +344,8 @@ def test_circulant_diagonal_transition_is_contractive_and_matches_its_factors():
     x = torch.randn(2, 5, 32, dtype=F64, generator=gen(3))
     with torch.no_grad():
         A = m.transition(x)
-        d1, lam, d2 = m.factors(x)
+        d1, (r, theta), d2 = m.factors(x)
+        lam = torch.polar(r, theta)
         h = torch.randn(2, 5, 4, 16, 3, dtype=F64, generator=gen(4))
         structured = d1[..., None] * circulant_matvec(lam[..., None], d2[..., None] * h, dim=-2)
     assert float(torch.linalg.matrix_norm(A, ord=2).max()) < 1
