@@ -54,24 +54,30 @@ class DiagonalMixer(TransitionMixer):
         self.a_proj = nn.Linear(d_model, n_heads * d_state, bias=True)
         nn.init.zeros_(self.a_proj.bias)
 
-    def decay(self, x: Tensor) -> Tensor:
-        """``x [..., D] -> a [..., H, N]``."""
-        log_a = F.logsigmoid(self.a_proj(x)) / self.gate_temperature
-        a = torch.exp(log_a).unflatten(-1, (self.n_heads, self.d_state))
-        return 2.0 * a - 1.0 if self.allow_negative else a
+    def decay(self, x: Tensor) -> tuple[Tensor, bool]:
+        """``x [..., D] -> (a or log a [..., H, N], whether it is log a)``: log space when positive."""
+        log_a = (F.logsigmoid(self.a_proj(x)) / self.gate_temperature).unflatten(
+            -1, (self.n_heads, self.d_state)
+        )
+        if self.allow_negative:
+            return 2.0 * torch.exp(log_a) - 1.0, False
+        return log_a, True
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        o, _ = diag_scan(q, k, v, self.decay(x), impl="chunk", chunk_size=self.chunk_size)
+        a, is_log = self.decay(x)
+        o, _ = diag_scan(q, k, v, a, impl="chunk", chunk_size=self.chunk_size, log_decay=is_log)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
+        a, is_log = self.decay(x_t)
         o, state = diag_scan(
             q[:, None],
             k[:, None],
             v[:, None],
-            self.decay(x_t)[:, None],
+            a[:, None],
             initial_state=state,
             impl="recurrent",
+            log_decay=is_log,
         )
         return o[:, 0], state
 
@@ -118,18 +124,20 @@ class S4DMixer(TransitionMixer):
         shape = (*x.shape[:-1], self.n_heads, self.d_state)
         return self.C.to(x.dtype).expand(shape), self.B.to(x.dtype).expand(shape), v
 
-    def decay(self, like: Tensor) -> Tensor:
-        """``[H, N]`` decays broadcast to ``like``'s leading dims."""
-        a = torch.exp(-torch.exp(self.log_dt)[:, None] * torch.exp(self.log_A))
-        return a.to(like.dtype).expand(*like.shape[:-2], self.n_heads, self.d_state)
+    def log_decay(self, like: Tensor) -> Tensor:
+        """``log a = -dt A`` as ``[H, N]``, broadcast to ``like``'s leading dims."""
+        log_a = -torch.exp(self.log_dt)[:, None] * torch.exp(self.log_A)
+        return log_a.to(like.dtype).expand(*like.shape[:-2], self.n_heads, self.d_state)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        o, _ = diag_scan(q, k, v, self.decay(q), impl="chunk", chunk_size=self.chunk_size)
+        o, _ = diag_scan(q, k, v, self.log_decay(q), impl="chunk", chunk_size=self.chunk_size, log_decay=True)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
         q, k, v = q[:, None], k[:, None], v[:, None]
-        o, state = diag_scan(q, k, v, self.decay(q), initial_state=state, impl="recurrent")
+        o, state = diag_scan(
+            q, k, v, self.log_decay(q), initial_state=state, impl="recurrent", log_decay=True
+        )
         return o[:, 0], state
 
 
@@ -172,7 +180,7 @@ class ComplexDiagonalMixer(TransitionMixer):
         self.q_im_proj = nn.Linear(d_model, n_heads * d_state, bias=False)
 
     def gates(self, x: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(|a|, theta, q_re, q_im)``, each ``[..., H, N]``, computed in at least float32."""
+        """``(log |a|, theta, q_re, q_im)``, each ``[..., H, N]``, computed in at least float32."""
         x32 = x if x.dtype == torch.float64 else x.float()
         hn = (self.n_heads, self.d_state)
 
@@ -180,8 +188,8 @@ class ComplexDiagonalMixer(TransitionMixer):
             bias = None if layer.bias is None else layer.bias.to(x32.dtype)
             return F.linear(x32, layer.weight.to(x32.dtype), bias).unflatten(-1, hn)
 
-        mag = torch.exp(F.logsigmoid(lin(self.r_proj)) / self.gate_temperature)
-        return mag, lin(self.theta_proj), q.to(x32.dtype), lin(self.q_im_proj)
+        log_mag = F.logsigmoid(lin(self.r_proj)) / self.gate_temperature
+        return log_mag, lin(self.theta_proj), q.to(x32.dtype), lin(self.q_im_proj)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Parallel form in real arithmetic (complex elementwise ops are slow on CPU).
@@ -193,18 +201,19 @@ class ComplexDiagonalMixer(TransitionMixer):
         complex state. ``Phi`` is a running sum over the whole sequence (bounded phases are what
         cos/sin see, but its rounding error grows like ``T * eps * |Phi|``, as in RoPE).
         """
-        mag, theta, q_re, q_im = self.gates(x, q)
+        log_mag, theta, q_re, q_im = self.gates(x, q)
         phi = torch.remainder(theta, 2 * math.pi).cumsum(dim=1)
         cos, sin = torch.cos(phi), torch.sin(phi)
         k32 = k.to(cos.dtype)
         q2 = torch.cat([q_re * cos - q_im * sin, q_re * sin + q_im * cos], dim=-1)
         k2 = torch.cat([k32 * cos, k32 * sin], dim=-1)
-        o, _ = diag_scan(q2, k2, v, torch.cat([mag, mag], dim=-1), impl="chunk", chunk_size=self.chunk_size)
+        log_a = torch.cat([log_mag, log_mag], dim=-1)
+        o, _ = diag_scan(q2, k2, v, log_a, impl="chunk", chunk_size=self.chunk_size, log_decay=True)
         return o.to(x.dtype)
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        mag, theta, q_re, q_im = self.gates(x_t, q)
-        a = torch.polar(mag, theta)
+        log_mag, theta, q_re, q_im = self.gates(x_t, q)
+        a = torch.polar(torch.exp(log_mag), theta)
         qc = torch.complex(q_re, q_im)
         o, state = diag_scan(
             qc[:, None], k[:, None], v[:, None], a[:, None], initial_state=state, impl="recurrent"

@@ -202,9 +202,9 @@ def delta_rule_chunk(
     if decay is not None:
         la = torch.log(decay.to(cdt).clamp_min(math.exp(LOG_MIN.get(cdt, -30.0))))
         g = chunks(la[..., None]).squeeze(-1).cumsum(dim=-1)  # [B, H, C, L]; padded steps: log a = 0
-        # exp(g_i - g_j) for j <= i; above the diagonal the exponent is clamped to 0 before exp
-        # (g is non-increasing, so the clamp is the identity on the kept part) and then masked
-        gamma = torch.exp((g[..., :, None] - g[..., None, :]).clamp_max(0.0)) * causal
+        # exp(g_i - g_j) for j <= i, masked (to -inf) before exp: every exponent is <= 0
+        above = torch.ones(L, L, dtype=torch.bool, device=k.device).triu(1)
+        gamma = torch.exp((g[..., :, None] - g[..., None, :]).masked_fill(above, -math.inf))
         kk, qk = kk * gamma, qk * gamma[..., read, :]
         eg = torch.exp(g)[..., None]  # [B, H, C, L, 1]
         g_end = g[..., -1:]

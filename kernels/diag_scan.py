@@ -79,15 +79,22 @@ def diag_scan(
     initial_state: Tensor | None = None,
     impl: str = "chunk",
     chunk_size: int = 64,
+    log_decay: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Returns ``(o [B, T, H, P], final_state [B, H, N, P])``; see the module docstring."""
+    """Returns ``(o [B, T, H, P], final_state [B, H, N, P])``; see the module docstring.
+
+    ``log_decay=True``: ``decay`` holds ``log a`` (real, <= 0) of positive decays ``a = exp(decay)``;
+    callers that parameterise the decay in log space (GLA, S4D, Mamba) skip an exp/log round trip.
+    """
     _check(q, k, v, decay, initial_state)
+    if log_decay and decay.is_complex():
+        raise ValueError(f"log_decay=True needs a real log-decay, got {decay.dtype}")
     if impl == "recurrent" or (impl in IMPLS and q.shape[1] == 0):  # T = 0: nothing to chunk
-        return diag_scan_recurrent(q, k, v, decay, initial_state)
+        return diag_scan_recurrent(q, k, v, torch.exp(decay) if log_decay else decay, initial_state)
     if impl == "chunk":
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        return diag_scan_chunk(q, k, v, decay, initial_state, chunk_size)
+        return diag_scan_chunk(q, k, v, decay, initial_state, chunk_size, log_decay=log_decay)
     raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
 
 
@@ -143,6 +150,7 @@ def diag_scan_chunk(
     initial_state: Tensor | None = None,
     chunk_size: int = 64,
     intra: str = "auto",
+    log_decay: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise form; ``intra`` picks how the within-chunk decay weights are formed:
 
@@ -163,7 +171,10 @@ def diag_scan_chunk(
     P = v.shape[-1]
     q, k, v = (t.to(cdt).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
     decay = decay.to(cdt if decay.is_complex() else real_dt).transpose(1, 2)
-    la, sign, angle = split_decay(decay, LOG_MIN.get(real_dt, -30.0))
+    if log_decay:
+        la, sign, angle = decay.clamp_min(LOG_MIN.get(real_dt, -30.0)), None, None
+    else:
+        la, sign, angle = split_decay(decay, LOG_MIN.get(real_dt, -30.0))
     safe = SAFE_SPREAD.get(real_dt, 60.0)
 
     L = max(1, min(chunk_size, T))
@@ -207,7 +218,7 @@ def diag_scan_chunk(
     if intra == "factor":
         mid = 0.5 * b_end
         scores = (q * fac(b - mid, ph)) @ (k * fac(mid - b, inv)).transpose(-1, -2)
-        scores = torch.where(causal, scores, torch.zeros((), dtype=scores.dtype))
+        scores = scores * causal.to(real_dt)  # finite above the diagonal (|exponent| <= safe): mask by mul
     else:  # scores[i, j] = sum_n qs_i[n] ks_j[n] exp(b_i[n] - b_j[n]), masked before exp
         zero = torch.zeros_like(b)
         qs, ks = (q, k) if ph is None else (q * fac(zero, ph), k * fac(zero, inv))

@@ -213,3 +213,14 @@ def test_diag_scan_bad_shapes():
         diag_scan(q, q, v, q, impl="scan")
     with pytest.raises(ValueError, match="chunk_size"):
         diag_scan(q, q, v, q, chunk_size=0)
+
+
+@pytest.mark.parametrize("impl", ["chunk", "recurrent"])
+def test_diag_scan_log_decay_input(impl):
+    q, k, v, d, h0 = make("pos")
+    d = d.clamp_min(1e-3)
+    o_ref, s_ref = diag_scan(q, k, v, d, h0, impl="recurrent")
+    o, s = diag_scan(q, k, v, torch.log(d), h0, impl=impl, chunk_size=16, log_decay=True)
+    assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
+    with pytest.raises(ValueError, match="log_decay"):
+        diag_scan(q, k, v, torch.polar(d, d), h0, log_decay=True)
