@@ -19,6 +19,7 @@ class TierConfig:
     d_model: int
     n_layers: int
     mlp_ratio: int
+    short_conv: int
     steps: int
     batch_size: int
     lrs: tuple[float, ...]
@@ -46,6 +47,7 @@ TIERS: dict[str, TierConfig] = {
         d_model=32,
         n_layers=1,
         mlp_ratio=2,
+        short_conv=4,
         steps=8,
         batch_size=8,
         lrs=(3e-3,),
@@ -61,7 +63,8 @@ TIERS: dict[str, TierConfig] = {
         d_model=64,
         n_layers=2,
         mlp_ratio=2,
-        steps=600,
+        short_conv=4,
+        steps=400,
         batch_size=32,
         lrs=(3e-3,),
         weight_decay=0.1,
@@ -76,6 +79,7 @@ TIERS: dict[str, TierConfig] = {
         d_model=128,
         n_layers=2,
         mlp_ratio=4,
+        short_conv=4,
         steps=20000,
         batch_size=64,
         lrs=(1e-4, 3e-4, 1e-3, 3e-3),

@@ -122,6 +122,7 @@ def build_model(run: ResolvedRun) -> SequenceModel:
         run.tier.n_layers,
         run.tier.mlp_ratio,
         lambda: cand.build(run.tier.d_model, **run.hparams),
+        short_conv=run.tier.short_conv,
     ).to(run.spec.device)
 
 
