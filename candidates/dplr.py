@@ -25,15 +25,37 @@ def _block_inv(m: Tensor) -> Tensor:
 
 
 def _block_apply(blocks: Tensor, x: Tensor) -> Tensor:
-    """``blockdiag(blocks) @ x``: ``blocks [..., N/2, 2, 2]``, ``x [..., N, K]``."""
-    return (blocks @ x.unflatten(-2, (-1, 2))).flatten(-3, -2)
+    """``blockdiag(blocks) @ x``: ``blocks [..., N/2, 2, 2]``, ``x [..., N, K]``, element-wise (a batched
+    matmul of 2 x 2 blocks is dominated by per-matrix overhead)."""
+    xs = x.unflatten(-2, (-1, 2))  # [..., N/2, 2, K]
+    x0, x1 = xs[..., 0, :], xs[..., 1, :]
+    m = blocks[..., None]  # [..., N/2, 2, 2, 1]
+    y0 = m[..., 0, 0, :] * x0 + m[..., 0, 1, :] * x1
+    y1 = m[..., 1, 0, :] * x0 + m[..., 1, 1, :] * x1
+    return torch.stack([y0, y1], dim=-2).flatten(-3, -2)
 
 
-def _block_dense(blocks: Tensor) -> Tensor:
-    """``[..., m, 2, 2] -> [..., 2m, 2m]`` block-diagonal."""
+def _add_block_diag(A: Tensor, blocks: Tensor) -> Tensor:
+    """``A + blockdiag(blocks)`` (in place on ``A [..., N, N]``, which must be a fresh tensor)."""
     m = blocks.shape[-3]
-    eye = torch.eye(m, dtype=blocks.dtype, device=blocks.device)
-    return (eye[:, None, :, None] * blocks[..., :, :, None, :]).reshape(*blocks.shape[:-3], 2 * m, 2 * m)
+    diag = A.view(*A.shape[:-2], m, 2, m, 2).diagonal(dim1=-4, dim2=-2)  # [..., 2, 2, m] view
+    diag += blocks.movedim(-3, -1)
+    return A
+
+
+def _c_apply(X: Tensor, a: Tensor, r: int) -> Tensor:
+    """``C X`` with ``C = -a J``, ``J = [[-I, I], [-I, 0]]`` (r x r blocks), without a matmul."""
+    top, bot = X[..., :r, :], X[..., r:, :]
+    return torch.cat([top - bot, top], dim=-2) * a
+
+
+def _small_solve(K: Tensor, R: Tensor) -> Tensor:
+    """``K^{-1} R`` for a batch of small ``K``: closed form for 1 x 1 and 2 x 2, LU otherwise."""
+    if K.shape[-1] == 1:
+        return R / K
+    if K.shape[-1] == 2:
+        return _block_inv(K) @ R
+    return torch.linalg.solve(K, R)
 
 
 @register_candidate(
@@ -86,7 +108,7 @@ class DPLRMixer(MaterialisedTransition):
         n_heads: int = 4,
         d_state: int = 16,
         chunk_size: int = 64,
-        rank: int = 2,
+        rank: int = 1,
         oscillatory: bool = False,
     ) -> None:
         super().__init__(d_model, n_heads, d_state, chunk_size)
@@ -140,17 +162,19 @@ class DPLRMixer(MaterialisedTransition):
             Dm = torch.stack([torch.stack([d[..., 0], zero], -1), torch.stack([zero, d[..., 1]], -1)], -2)
         Dinv = _block_inv(Dm)  # [B, H, T, N/2, 2, 2]
         Z = linear(x, self.z_proj).unflatten(-1, (H, N, 2 * r)).transpose(1, 2) / math.sqrt(N)
-        C = -a[..., None] * self.J.to(x.dtype)  # [B, H, T, 2r, 2r]
-        Y = _block_apply(Dinv, Z)  # D^{-1} Z
-        W = _block_apply(Dinv.mT, Z).mT  # Z^T D^{-1}
-        K = torch.eye(2 * r, dtype=x.dtype, device=x.device) + C @ (W @ Z)
-        V = torch.linalg.solve(K, C @ W)  # K^{-1} C Z^T D^{-1}
+        Y = _block_apply(Dinv, Z)  # D^{-1} Z   [.., N, 2r]
+        W = _block_apply(Dinv.mT, Z)  # (Z^T D^{-1})^T
+        ZtDZ = (W[..., :, :, None] * Z[..., :, None, :]).sum(-3)  # Z^T D^{-1} Z   [.., 2r, 2r]
+        eye = torch.eye(2 * r, dtype=x.dtype, device=x.device)
+        a2 = a[..., None]
+        K = eye + _c_apply(ZtDZ, a2, r)  # C = -a J
+        V = _small_solve(K, _c_apply(W.mT, a2, r))  # K^{-1} C Z^T D^{-1}
         eye2 = torch.eye(2, dtype=x.dtype, device=x.device)
         return 2 * Dinv - eye2, -2 * Y, V
 
     def transitions(self, x: Tensor) -> Tensor:
         Lb, U, V = self.factors(x.to(work_dtype(x)))
-        return _block_dense(Lb) + U @ V
+        return _add_block_diag(U @ V, Lb)
 
     def apply_step(self, x_t: Tensor, h: Tensor) -> Tensor:
         xw = x_t.to(work_dtype(x_t))

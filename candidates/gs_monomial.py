@@ -17,13 +17,15 @@ from .dense import linear
 MAX_ENUM_BLOCK = 6  # b! permutations are enumerated for the exact hard assignment
 
 
-def sinkhorn(logits: Tensor, n_iter: int) -> Tensor:
-    """Doubly-stochastic relaxation ``exp(log-space Sinkhorn)`` of ``[..., b, b]`` logits."""
-    z = logits
+def sinkhorn(logits: Tensor, n_iter: int, row_dim: int = -2, col_dim: int = -1) -> Tensor:
+    """Doubly-stochastic relaxation of ``b x b`` logits (rows along ``row_dim``, columns along
+    ``col_dim``): alternate row / column normalisation of ``exp(logits - max)`` (the log-space
+    iteration's result, with 2 passes per half-step instead of 5)."""
+    z = torch.exp(logits - logits.amax(dim=(row_dim, col_dim), keepdim=True))
     for _ in range(n_iter):
-        z = z - torch.logsumexp(z, dim=-1, keepdim=True)
-        z = z - torch.logsumexp(z, dim=-2, keepdim=True)
-    return z.exp()
+        z = z / z.sum(col_dim, keepdim=True)  # rows sum to 1
+        z = z / z.sum(row_dim, keepdim=True)  # columns sum to 1
+    return z
 
 
 @register_candidate(
@@ -83,15 +85,28 @@ class GSMonomialMixer(TransitionMixer):
         self.register_buffer("shuffle", stride_permutation(r, b), persistent=False)
         perms = torch.tensor(list(itertools.permutations(range(b))))  # [b!, b]: column c -> row perms[c]
         self.register_buffer("perms", perms, persistent=False)
-        self.register_buffer("score_index", perms * b + torch.arange(b), persistent=False)
+        select = torch.zeros(b * b, len(perms))  # select[row * b + col, p] = 1 iff perms[p][col] == row
+        select[perms * b + torch.arange(b), torch.arange(len(perms))[:, None]] = 1.0
+        self.register_buffer("select", select, persistent=False)
 
     def factors(self, x: Tensor):
-        """Hard block permutations ``[.., 2, H, r, b]``, diagonals ``[.., 2, H, r, b]``, soft ``[.., 2, H, r, b, b]``."""
+        """Hard block permutations and diagonals ``[.., 2, H, r, b]`` (``2`` = L, R) and the Sinkhorn
+        matrices in batch-last layout ``[2, H, r, b(row), b(col), prod(..)]`` (None without grad).
+
+        The logits are produced batch-last (``W x^T``) so that Sinkhorn's row / column sums over the
+        tiny ``b x b`` blocks are sums of whole contiguous slices, not reductions over 4 elements."""
         H, r, b = self.n_heads, self.n_blocks, self.block_size
-        logits = linear(x, self.perm_proj).unflatten(-1, (2, H, r, b, b)) / self.tau  # [.., row, col]
-        scores = logits.flatten(-2)[..., self.score_index].sum(-1)  # [.., b!]: sum_c logits[perm[c], c]
-        perm = self.perms[scores.argmax(-1)]
-        soft = sinkhorn(logits, self.sinkhorn_iters) if torch.is_grad_enabled() else None
+        lead = x.shape[:-1]
+        xf = x.reshape(-1, x.shape[-1])
+        w, bias = self.perm_proj.weight.to(x.dtype), self.perm_proj.bias.to(x.dtype)
+        logits = torch.addmm(bias[:, None], w, xf.T).view(2, H, r, b, b, -1) / self.tau  # [.., row, col, BT]
+        scores = self.select.T.to(x.dtype) @ logits.flatten(
+            3, 4
+        )  # [2, H, r, b!, BT]: sum_c logits[perm[c], c]
+        perm = self.perms[scores.argmax(-2)].permute(3, 0, 1, 2, 4).reshape(*lead, 2, H, r, b)
+        soft = (
+            sinkhorn(logits, self.sinkhorn_iters, row_dim=-3, col_dim=-2) if torch.is_grad_enabled() else None
+        )
         alpha = torch.sigmoid(linear(x, self.gate_proj))
         diag = (alpha * torch.tanh(linear(x, self.diag_proj))).unflatten(-1, (2, H, r, b))
         return perm, diag, soft
@@ -106,13 +121,28 @@ class GSMonomialMixer(TransitionMixer):
             perm[..., 1, :, :, :],
             diag[..., 1, :, :, :],
         )
-        P_soft = None
-        if soft is not None:
-            N = self.d_state
-            eye = torch.eye(N, dtype=soft.dtype, device=soft.device)
-            R = block_diag_apply(soft[..., 1, :, :, :, :], eye.expand(*soft.shape[:-5], self.n_heads, N, N))
-            P_soft = block_diag_apply(soft[..., 0, :, :, :, :], permute_rows(R, self.shuffle))
+        P_soft = None if soft is None else self.soft_surrogate(soft[0], soft[1], x.shape[:-1])
         return idx, D, P_soft
+
+    def soft_surrogate(self, S_L: Tensor, S_R: Tensor, lead: torch.Size) -> Tensor:
+        """Dense ``blockdiag(S_L) P blockdiag(S_R)`` as a ``[*lead, H, N, N]`` view, for the straight-through
+        gradient; ``S_L, S_R [H, r, b(row), b(col), BT]`` (batch-last).
+
+        With ``r = b`` the shuffle sends offset ``c'`` of block ``beta`` to offset ``beta`` of block ``c'``,
+        so ``out[(l, m), (beta, c)] = S_L[l][m, beta] * S_R[beta][l, c]``: one outer product, no matmul.
+        """
+        H, N = self.n_heads, self.d_state
+        if self.n_blocks == self.block_size:
+            out = (
+                S_L[:, :, :, :, None, :] * S_R.transpose(1, 2)[:, :, None, :, :, :]
+            )  # [H, l, m, beta, c, BT]
+            out = out.reshape(H, N, N, -1)
+        else:
+            S_L, S_R = (S.permute(4, 0, 1, 2, 3) for S in (S_L, S_R))  # [BT, H, r, b, b]
+            eye = torch.eye(N, dtype=S_R.dtype, device=S_R.device).expand(*S_R.shape[:-3], N, N)
+            out = block_diag_apply(S_L, permute_rows(block_diag_apply(S_R, eye), self.shuffle))
+            out = out.permute(1, 2, 3, 0)
+        return out.permute(3, 0, 1, 2).reshape(*lead, H, N, N)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft = self.transition(x)

@@ -59,7 +59,7 @@ class PDSSMMixer(TransitionMixer):
         H, N = n_heads, d_state
         self.dict_size = dict_size
         self.select = nn.Linear(d_model, H * dict_size, bias=False)
-        self.P_dict = nn.Parameter(torch.randn(H, dict_size, N * N) / math.sqrt(N))
+        self.P_dict = nn.Parameter(torch.randn(H, dict_size, N * N) / math.sqrt(N))  # (col, row) order
         self.mag_proj = nn.Linear(d_model, H * N)
         self.phase_proj = nn.Linear(d_model, H * N)
         nn.init.constant_(self.mag_proj.bias, magnitude_bias)
@@ -70,9 +70,12 @@ class PDSSMMixer(TransitionMixer):
         """``x [B, T, D]`` -> ``idx [B, T, H, N]``, complex ``D``, soft ``P`` (None without grad), complex ``q``."""
         H, K, N = self.n_heads, self.dict_size, self.d_state
         s = torch.softmax(linear(x, self.select).unflatten(-1, (H, K)), dim=-1)  # [B, T, H, K]
-        M = torch.einsum("bthk,hkn->bthn", s, self.P_dict.to(x.dtype)).unflatten(-1, (N, N))  # [.., row, col]
-        idx = M.argmax(dim=-2)  # hard one-hot per column
-        P_soft = torch.softmax(M, dim=-2) if torch.is_grad_enabled() else None
+        # the dictionary is stored transposed (column-major): row selection is a last-dim argmax
+        Mt = torch.einsum("bthk,hkn->bthn", s, self.P_dict.to(x.dtype)).unflatten(
+            -1, (N, N)
+        )  # [.., col, row]
+        idx = Mt.argmax(dim=-1)  # hard one-hot per column
+        P_soft = torch.softmax(Mt, dim=-1).mT if torch.is_grad_enabled() else None  # [.., row, col]
         mag = torch.sigmoid(linear(x, self.mag_proj)).unflatten(-1, (H, N))
         phase = (2 * math.pi) * torch.sigmoid(linear(x, self.phase_proj)).unflatten(-1, (H, N))
         D = torch.polar(mag, phase)

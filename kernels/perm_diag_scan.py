@@ -41,13 +41,21 @@ def pd_compose(later: Trans, earlier: Trans) -> Trans:
 
 
 def pd_apply(tr: Trans, x: Tensor, adjoint: bool = False) -> Tensor:
-    """``A x`` (scatter-add) or ``A^H x`` (gather) for ``A = (idx, D)``, ``x [..., N, P]``."""
+    """``A x`` (scatter-add) or ``A^H x`` (gather) for ``A = (idx, D)``, ``x [..., N, P]``.
+
+    ``idx, D [..., N]`` and ``x`` share their leading dimensions. Rows of ``x`` move whole: the ops
+    are ``index_add_`` / ``index_select`` over the flattened rows (P contiguous numbers each), which
+    is several times faster on CPU than an element-wise ``scatter_add`` / ``gather`` along dim -2.
+    """
     idx, D = tr
-    index = idx[..., None].expand(*idx.shape, x.shape[-1])
+    N, P = x.shape[-2:]
+    lead = idx.shape[:-1]
+    nb = idx.numel() // N
+    rows = (idx.reshape(nb, N) + torch.arange(0, nb * N, N, device=idx.device)[:, None]).reshape(-1)
     if adjoint:
-        return D.conj()[..., None] * x.gather(-2, index)
-    src = D[..., None] * x
-    return torch.zeros_like(src).scatter_add_(-2, index, src)
+        return x.reshape(nb * N, P).index_select(0, rows).view(*lead, N, P) * D.conj()[..., None]
+    src = (D[..., None] * x).reshape(nb * N, P)
+    return torch.zeros_like(src).index_add_(0, rows, src).view(*lead, N, P)
 
 
 def pd_dense(idx: Tensor, D: Tensor) -> Tensor:
@@ -57,48 +65,122 @@ def pd_dense(idx: Tensor, D: Tensor) -> Tensor:
     return onehot * D[..., None, :]
 
 
+def _real_if(x: Tensor, complex_wanted: bool) -> Tensor:
+    return x.real if x.is_complex() and not complex_wanted else x
+
+
+def _pd_forward(idx: Tensor, D: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
+    """Block products, ``h_prev`` (state entering each step), contiguous ``h_all`` and ``h_T``."""
+    M, T, N, P = b.shape
+    C, nc = chunk_layout(T, chunk_size)
+    ar = torch.arange(N, device=idx.device)
+    levels = upsweep(
+        (to_chunks(idx, C, nc, fill=ar), to_chunks(D, C, nc, fill=torch.ones((), dtype=D.dtype))), pd_compose
+    )
+    E, h_T = sweep(levels, to_chunks(b, C, nc), h0, pd_apply)
+    h_prev = E.flatten(1, 2)[:, :T]
+    return levels, h_prev, torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1), h_T
+
+
+def _pd_backward(
+    levels, idx, D, h_prev, g: Tensor | None, g_T: Tensor | None, want_gA: bool, chunk_size: int
+):
+    """``(G, gh0, gA)``: ``G_t = dL/dh_t`` by the reversed gather recurrence over the same block products
+    (``Gh_t = A_t^H (g_t + Gh_{t+1})``, ``Gh_T = g_T``, ``G_t = g_t + Gh_{t+1}``) and, if asked, the dense
+    ``gA_t = G_t h_{t-1}^H`` (one batched product; ``dL/dD`` and the straight-through ``dL/dP`` are read
+    off it)."""
+    M, T, N, P = h_prev.shape
+    C, nc = chunk_layout(T, chunk_size)
+    w = (
+        to_chunks(pd_apply((idx, D), g, adjoint=True), C, nc)
+        if g is not None
+        else h_prev.new_zeros(M, nc, C, N, P)
+    )
+    init = g_T if g_T is not None else h_prev.new_zeros(M, N, P)
+    E, gh0 = sweep(levels, w, init, pd_apply, reverse=True)
+    G = E.flatten(1, 2)[:, :T]
+    if g is not None:
+        G = G + g
+    gA = G @ h_prev.mH if want_gA else None
+    return G, gh0, gA
+
+
+def _grads_D_P(gA: Tensor, idx: Tensor, D: Tensor, d_complex: bool, want_D: bool, want_P: bool):
+    """``dL/dD_j = dL/dA[idx_j, j]``; ``dL/dP = Re(dL/dA * conj(D))`` (P real, at the hard one-hot)."""
+    gD = _real_if(gA.gather(-2, idx[..., None, :]).squeeze(-2), d_complex) if want_D else None
+    gP = _real_if(gA * D.conj()[..., None, :], False) if want_P else None
+    return gD, gP
+
+
+def _levels_flat(levels) -> list[Tensor]:
+    return [x for lv in levels for x in lv]
+
+
+def _levels_unflat(saved, n_levels: int):
+    return [tuple(saved[2 * j : 2 * j + 2]) for j in range(n_levels)]
+
+
 class _PDRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, idx: Tensor, D: Tensor, b: Tensor, h0: Tensor, P_ste: Tensor | None, chunk_size: int):
-        M, T, N, P = b.shape
-        C, nc = chunk_layout(T, chunk_size)
-        ar = torch.arange(N, device=idx.device)
-        levels = upsweep(
-            (to_chunks(idx, C, nc, fill=ar), to_chunks(D, C, nc, fill=torch.ones((), dtype=D.dtype))),
-            pd_compose,
-        )
-        E, h_T = sweep(levels, to_chunks(b, C, nc), h0, pd_apply)
-        h_prev = E.flatten(1, 2)[:, :T]
-        ctx.save_for_backward(*(x for lv in levels for x in lv), h_prev, idx, D)
-        ctx.meta = (M, T, N, P, C, nc, len(levels), P_ste is not None, D.is_complex())
-        return torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1), h_T
+        levels, h_prev, h_all, h_T = _pd_forward(idx, D, b, h0, chunk_size)
+        ctx.save_for_backward(*_levels_flat(levels), h_prev, idx, D)
+        ctx.meta = (len(levels), P_ste is not None, D.is_complex(), chunk_size)
+        return h_all, h_T
 
     @staticmethod
     def backward(ctx, g_all: Tensor | None, g_T: Tensor | None):
-        M, T, N, P, C, nc, n_levels, has_ste, d_complex = ctx.meta
+        n_levels, has_ste, d_complex, chunk_size = ctx.meta
         saved = ctx.saved_tensors
-        levels = [tuple(saved[2 * j : 2 * j + 2]) for j in range(n_levels)]
         h_prev, idx, D = saved[2 * n_levels :]
-        # Gh_t = A_t^H G_t obeys Gh_t = A_t^H (g_t + Gh_{t+1}), Gh_T = g_T; G_t = g_t + Gh_{t+1}
-        if g_all is not None:
-            w = to_chunks(pd_apply((idx, D), g_all, adjoint=True), C, nc)
-        else:
-            w = h_prev.new_zeros(M, nc, C, N, P)
-        init = g_T if g_T is not None else h_prev.new_zeros(M, N, P)
-        E, gh0 = sweep(levels, w, init, pd_apply, reverse=True)
-        G = E.flatten(1, 2)[:, :T]
-        if g_all is not None:
-            G = G + g_all
-        gD = gP = None
-        if ctx.needs_input_grad[1]:
-            index = idx[..., None].expand(*idx.shape, P)
-            gD = (G.gather(-2, index) * h_prev.conj()).sum(-1)  # dL/dA[idx_j, j] (P real)
-            if not d_complex and gD.is_complex():
-                gD = gD.real
-        if has_ste and ctx.needs_input_grad[4]:
-            gP = G @ (D[..., None] * h_prev).mH  # dL/dA * conj(D) over all (row, col)
-            gP = gP.real if gP.is_complex() else gP
+        want_D, want_P = ctx.needs_input_grad[1], has_ste and ctx.needs_input_grad[4]
+        G, gh0, gA = _pd_backward(
+            _levels_unflat(saved, n_levels), idx, D, h_prev, g_all, g_T, want_D or want_P, chunk_size
+        )
+        gD, gP = _grads_D_P(gA, idx, D, d_complex, want_D, want_P) if gA is not None else (None, None)
         return None, gD, G, gh0, gP, None
+
+
+class _PDScan(torch.autograd.Function):
+    """Fused ``(q, k, v, idx, D, h0, P_ste) -> (o, h_T)`` (head-major ``q, k, idx, D [M, T, N]``,
+    ``v [M, T, P]``): ``b_t = k_t v_t^T`` and ``o_t = Re(q_t^T h_t)`` inside, so their gradients are
+    matrix-vector products instead of broadcast temporaries."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, idx, D, h0, P_ste, chunk_size: int, B: int):
+        """``P_ste`` stays in the caller's ``[B, T, H, N, N]`` layout (its values are never read)."""
+        dtype = h0.dtype
+        b = k.to(dtype)[..., :, None] * v[..., None, :]
+        levels, h_prev, h_all, h_T = _pd_forward(idx, D, b, h0, chunk_size)
+        o = _real_if((q.to(dtype)[..., None, :] @ h_all).squeeze(-2), False)
+        ctx.save_for_backward(q, k, v, *_levels_flat(levels), h_prev, h_all, idx, D)
+        ctx.meta = (len(levels), P_ste is not None, chunk_size, B)
+        return o, h_T
+
+    @staticmethod
+    def backward(ctx, do: Tensor | None, g_T: Tensor | None):
+        n_levels, has_ste, chunk_size, B = ctx.meta
+        q, k, v, *rest = ctx.saved_tensors
+        h_prev, h_all, idx, D = rest[2 * n_levels :]
+        dtype = h_all.dtype
+        need = ctx.needs_input_grad
+        # z = q^T h, o = Re z: dL/dz = do, dL/dh = conj(q) do^T, dL/dq = conj(h) do
+        g = None if do is None else q.to(dtype).conj()[..., :, None] * do[..., None, :]
+        want_D, want_P = need[4], has_ste and need[6]
+        G, gh0, gA = _pd_backward(
+            _levels_unflat(rest, n_levels), idx, D, h_prev, g, g_T, want_D or want_P, chunk_size
+        )
+        gq = gk = gv = None
+        if need[0] and do is not None:
+            gq = _real_if((h_all.conj() @ do.to(dtype)[..., None]).squeeze(-1), q.is_complex())
+        if need[1]:  # b = k v^T: dL/dk = G conj(v), dL/dv = G^T conj(k)
+            gk = _real_if((G @ v.to(dtype).conj()[..., None]).squeeze(-1), k.is_complex())
+        if need[2]:
+            gv = _real_if((G.mT @ k.to(dtype).conj()[..., None]).squeeze(-1), v.is_complex())
+        gD, gP = _grads_D_P(gA, idx, D, D.is_complex(), want_D, want_P) if gA is not None else (None, None)
+        if gP is not None:
+            gP = gP.unflatten(0, (B, -1)).transpose(1, 2)
+        return gq, gk, gv, None, gD, gh0, gP, None, None
 
 
 def _recurrent(idx: Tensor, D: Tensor, b: Tensor, h: Tensor, P_ste: Tensor | None):
@@ -188,14 +270,24 @@ def perm_diag_scan(
     B, T, H, N = q.shape
     P = v.shape[-1]
     _check(idx, D, B, T, H, N, P, initial_state, P_ste)
-    b = _hm(k)[..., :, None] * _hm(v)[..., None, :]
-    P_m = None if P_ste is None else _hm(P_ste)
-    h_all, h_T = _run(_hm(idx), _hm(D), b, initial_state, impl, chunk_size, P_m, B, H)
-    qh = _hm(q)[..., None]
-    if h_all.is_complex() and qh.is_complex():  # Re(h^T q) without forming the complex product
-        o = (h_all.real * qh.real - h_all.imag * qh.imag).sum(-2)
-    elif h_all.is_complex():
-        o = (h_all.real * qh.to(h_all.real.dtype)).sum(-2)
+    if impl == "recurrent":
+        b = _hm(k)[..., :, None] * _hm(v)[..., None, :]
+        P_m = None if P_ste is None else _hm(P_ste)
+        h_all, h_T = _run(_hm(idx), _hm(D), b, initial_state, impl, chunk_size, P_m, B, H)
+        z = (h_all * _hm(q)[..., None].to(h_all.dtype)).sum(-2)
+        o = z.real if z.is_complex() else z
+    elif impl == "scan":
+        dtype = torch.promote_types(torch.promote_types(D.dtype, k.dtype), v.dtype)
+        if initial_state is not None:
+            dtype = torch.promote_types(dtype, initial_state.dtype)
+        h0 = (
+            q.new_zeros(B * H, N, P, dtype=dtype)
+            if initial_state is None
+            else initial_state.reshape(B * H, N, P).to(dtype)
+        )
+        P_m = P_ste if P_ste is not None and P_ste.requires_grad else None
+        o, h_T = _PDScan.apply(_hm(q), _hm(k), _hm(v), _hm(idx), _hm(D).to(dtype), h0, P_m, chunk_size, B)
+        h_T = h_T.reshape(B, H, N, P)
     else:
-        o = (h_all * qh.to(h_all.dtype)).sum(-2)
+        raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T

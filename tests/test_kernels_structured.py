@@ -228,3 +228,85 @@ def test_monarch_apply_and_dense_match_explicit_product():
     assert torch.allclose(monarch_dense(L, R, perm), M)
     assert torch.allclose(monarch_apply(L, R, perm, x), M @ x)
     assert torch.allclose(block_diag_apply(L, x), block_diag_dense(L) @ x)
+
+
+# -- candidate-level properties the kernels rely on -------------------------------------------
+
+
+def _build(name: str, **hp):
+    from harness import get_candidate
+
+    torch.manual_seed(0)
+    return get_candidate(name).build(32, **hp).double()
+
+
+def _x(T: int = 12, scale: float = 3.0) -> torch.Tensor:
+    return _rand(2, T, 32, scale=scale, seed=21)
+
+
+@pytest.mark.parametrize("name", ["dense", "monarch", "dplr", "osc-dplr", "displacement-rank"])
+def test_materialised_transitions_are_contractions(name):
+    """The stability constructions: l1 operator norm <= 1 (dense), ||A||_inf < 1 (displacement-rank),
+    ||A||_2 < 1 (monarch, dplr, osc-dplr), for inputs well outside the initial range."""
+    A = _build(name).transitions(_x())
+    if name == "dense":
+        norm = A.abs().sum(-2).amax(-1)  # max column l1
+        assert (norm <= 1 + 1e-12).all()
+    elif name == "displacement-rank":
+        assert (A.abs().sum(-1).amax(-1) < 1).all()
+    else:
+        assert (torch.linalg.matrix_norm(A, ord=2) < 1).all()
+
+
+@pytest.mark.parametrize("osc", [False, True])
+def test_dplr_woodbury_equals_explicit_cayley(osc):
+    import torch.nn.functional as F
+    from harness.candidates.dense import linear
+
+    m = _build("osc-dplr" if osc else "dplr", rank=2)
+    x = _x(T=3)
+    A = m.transitions(x)
+    H, N = m.n_heads, m.d_state
+    hm = lambda t: t.unflatten(-1, (H, -1)).transpose(1, 2)  # noqa: E731  [B, H, T, .]
+    a = (F.softplus(linear(x, m.dt_proj)) / 2).transpose(1, 2)[..., None, None]
+    if osc:
+        w, z = F.softplus(hm(linear(x, m.omega_proj))), torch.sigmoid(hm(linear(x, m.zeta_proj)))
+        blocks = torch.stack(
+            [
+                torch.stack([-z * w, -w * torch.sqrt(1 - z * z)], -1),
+                torch.stack([w * torch.sqrt(1 - z * z), -z * w], -1),
+            ],
+            -2,
+        )  # [B, H, T, N/2, 2, 2]
+        Lam = block_diag_dense(blocks)
+    else:
+        Lam = torch.diag_embed(-F.softplus(hm(linear(x, m.decay_proj))))
+    Z = hm(linear(x, m.z_proj)).unflatten(-1, (N, -1)) / N**0.5
+    G = Lam + Z @ m.J.double() @ Z.mT
+    eye = torch.eye(N, dtype=torch.float64)
+    assert torch.allclose(A, torch.linalg.solve(eye - a * G, eye + a * G), atol=1e-12)
+    assert (torch.linalg.eigvalsh(G + G.mT) < 0).all()  # dissipative generator
+
+
+def test_gs_monomial_hard_permutation_is_max_weight_assignment():
+    import itertools
+
+    m = _build("gs-monomial")
+    x = _x(T=2)
+    perm, _, soft = m.factors(x)
+    H, r, b = m.n_heads, m.n_blocks, m.block_size
+    logits = torch.nn.functional.linear(x, m.perm_proj.weight, m.perm_proj.bias).unflatten(
+        -1, (2, H, r, b, b)
+    )
+    lg = logits[1, 0, 1, 2, 3]
+    best = max(itertools.permutations(range(b)), key=lambda p: sum(lg[p[c], c] for c in range(b)))
+    assert tuple(perm[1, 0, 1, 2, 3].tolist()) == best
+    assert torch.allclose(soft.sum(-3), torch.ones((), dtype=soft.dtype), atol=1e-12)  # columns sum to 1
+
+
+@pytest.mark.parametrize("name,param", [("gs-monomial", "perm_proj"), ("pd-ssm", "P_dict")])
+def test_straight_through_gradient_reaches_permutation_logits(name, param):
+    m = _build(name).float()
+    m(_x().float()).square().mean().backward()
+    g = getattr(m, param).weight.grad if param.endswith("proj") else getattr(m, param).grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
