@@ -15,11 +15,13 @@ drives both components and the query ``q_t`` reads both; since ``M`` is invertib
 with a general (rank-unrestricted) input map per oscillator, at the group's matched state size
 ``n_heads * d_state * (d_model / n_heads)``.
 
-Parallel form: kernels/oscillatory.py:block_scan (chunkwise, a log-depth scan of the 2x2 blocks
-inside each chunk, loop over chunks); recurrent form: its reference loop, one step at a time.
-``chunk_size`` defaults to 8 here (the 2x2 chunk kernel's cost grows with the chunk length;
-8 is the fastest at T = 64 on CPU that keeps the chunk loop short). Blocks are built in float32
-for half-precision models and the kernel computes in float32, so bf16 / fp16 are supported.
+Parallel form: kernels/oscillatory.py:block_scan, chunkwise with a loop over chunks only: for
+``oscgate-ssm`` a log-depth scan of the input-dependent 2x2 blocks inside each chunk, for ``linoss``
+(time-invariant) the block powers ``M^0 .. M^L`` and a Toeplitz gather instead of a scan. Recurrent
+form: the kernel's reference loop, one step at a time. ``chunk_size`` defaults to 8 here (the
+2x2 chunk kernels' cost grows with the chunk length; 8 was the fastest at T = 64 on CPU while
+keeping the chunk loop short). Blocks are built in float32 for half-precision models and the kernel
+computes in float32, so bf16 / fp16 are supported.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ class LinOSSMixer(_OscillatorMixer):
 
     Initialisation as in LinOSS: ``a ~ U[0, 1]``; ``dt_raw ~ N(0, 0.5)`` (``dt`` around 0.5), so the
     per-step decay ``sqrt(S)`` starts between ~0.9 and 1 and the rotation per step below ~0.5 rad.
-    Time-invariant: the blocks are built once per call (batch dimension 1) and broadcast.
+    Time-invariant: the blocks ``[H, m, 2, 2]`` are built once per call and passed as such, which
+    selects the kernel's powers-based chunk form.
     """
 
     def __init__(self, d_model: int, n_heads: int = 4, d_state: int = 16, chunk_size: int = 8) -> None:
@@ -92,8 +95,7 @@ class LinOSSMixer(_OscillatorMixer):
 
     def blocks(self, x: Tensor) -> Tensor:
         a = F.relu(self.a_raw.to(_param_dtype(self.a_raw)))
-        M = linoss_im_blocks(a, self.step_sizes())  # [H, m, 2, 2]
-        return M.expand(1, x.shape[1], *M.shape)
+        return linoss_im_blocks(a, self.step_sizes())  # [H, m, 2, 2]: time-invariant
 
 
 @register_candidate(

@@ -26,6 +26,10 @@ tensors, so every 2x2 product is four elementwise multiply-adds (batched 2x2 mat
 per-matrix overhead on CPU). Half-precision inputs are computed in float32 (products of up to ``L``
 blocks) and the outputs cast back.
 
+Time-invariant blocks may be passed as ``A [H, m, 2, 2]``: the chunk form then uses the powers
+``M^0 .. M^L`` (the transfer from step ``s`` to ``t`` is ``M^(t-s)``, shared by every batch row and
+chunk) and a Toeplitz gather instead of the scan (``block_scan_chunk_lti``).
+
 ``impl="recurrent"``: the plain loop, the reference (also accepts square blocks of any size).
 
 ``linoss_im_blocks`` builds the 2x2 blocks of the LinOSS implicit (IM) discretisation, with an
@@ -48,10 +52,17 @@ def _check(q: Tensor, k: Tensor, v: Tensor, A: Tensor, initial_state: Tensor | N
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     Bsz, T, H, N = q.shape
-    if A.dim() != 6 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"expected A [B, T, H, n_blocks, b, b] (square blocks); got A {tuple(A.shape)}")
-    nb, b = A.shape[3], A.shape[4]
-    if A.shape[0] not in (1, Bsz) or A.shape[1] != T or A.shape[2] != H or nb * b != N:
+    if A.dim() == 4:  # time-invariant [H, n_blocks, b, b]
+        if A.shape[-1] != A.shape[-2] or A.shape[0] != H or A.shape[1] * A.shape[2] != N:
+            raise ValueError(
+                f"a time-invariant A must be [H, n_blocks, b, b] with n_blocks * b = N; got A {tuple(A.shape)} "
+                f"for q {tuple(q.shape)} (H={H}, N={N})"
+            )
+    elif A.dim() != 6 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(
+            f"expected A [B, T, H, n_blocks, b, b] or [H, n_blocks, b, b] (square blocks); got A {tuple(A.shape)}"
+        )
+    elif A.shape[0] not in (1, Bsz) or A.shape[1] != T or A.shape[2] != H or A.shape[3] * A.shape[4] != N:
         raise ValueError(
             f"A must be [B or 1, T, H, n_blocks, b, b] with n_blocks * b = N; got A {tuple(A.shape)} "
             f"for q {tuple(q.shape)} (B={Bsz}, T={T}, H={H}, N={N})"
@@ -85,10 +96,18 @@ def block_scan(
     """Returns ``(o [B, T, H, P], final_state [B, H, N, P])``; see the module docstring."""
     _check(q, k, v, A, initial_state)
     if impl == "recurrent":
+        if A.dim() == 4:
+            A = A.expand(1, q.shape[1], *A.shape)
         return block_scan_recurrent(q, k, v, A, initial_state)
     if impl == "chunk":
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if A.shape[-1] != 2:
+            raise ValueError(
+                f"impl='chunk' scans 2x2 blocks; got blocks of size {A.shape[-1]} (A {tuple(A.shape)})"
+            )
+        if A.dim() == 4:
+            return block_scan_chunk_lti(q, k, v, A, initial_state, chunk_size)
         return block_scan_chunk(q, k, v, A, initial_state, chunk_size)
     raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
 
@@ -196,6 +215,95 @@ def block_scan_chunk(
         entering.append(torch.cat([h0, h1], dim=-2))
         h0, h1 = ea_i * h0 + eb_i * h1 + l0_i, ec_i * h0 + ed_i * h1 + l1_i
     o = o + qhat @ torch.stack(entering, dim=2)  # [B, H, C, L, 2m] @ [B, H, C, 2m, P]
+    o = o.permute(0, 2, 3, 1, 4).reshape(Bsz, C * L, H, P)[:, :T]
+    return o.to(odt), torch.stack([h0, h1], dim=-2).reshape(Bsz, H, N, P).to(odt)
+
+
+def block_powers(M: Tensor, n: int) -> Tensor:
+    """``[M^0, M^1, ..., M^(n-1)]`` stacked on a new leading dim, by doubling (``log2 n`` batched products)."""
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M)
+    pw, top = eye[None], M  # pw holds exponents 0 .. len - 1; top = M^len
+    while pw.shape[0] < n:
+        pw = torch.cat([pw, top @ pw], dim=0)
+        top = top @ top
+    return pw[:n]
+
+
+def block_scan_chunk_lti(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    M: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 16,
+) -> tuple[Tensor, Tensor]:
+    """Time-invariant blocks ``M [H, m, 2, 2]``: the chunk form with the powers ``M^0 .. M^L`` instead of a scan.
+
+    Inside a chunk the transfer from step ``s`` to ``t`` is ``M^(t-s)``, the same for every batch row
+    and chunk: ``X[s, d] = M^d k_s`` for all lags ``d < L`` is one broadcast product, and the score
+    ``q_t . M^(t-s) k_s`` gathers ``X[s, t - s]`` (a Toeplitz gather). The chunk's prefix is ``M^(t+1)``,
+    its transition ``M^e`` with ``e`` its number of real (unpadded) steps.
+    """
+    cdt, odt = _compute_dtype(q, k, v, M, initial_state)
+    q, k, v, M = (t.to(cdt) for t in (q, k, v, M))
+    Bsz, T, H, N = q.shape
+    m, P = N // 2, v.shape[-1]
+    L = min(chunk_size, max(T, 1))
+    C = -(-T // L)
+    pad = C * L - T
+    dev = q.device
+
+    def chunks(t: Tensor) -> Tensor:  # [B, T, H, D] -> [B, H, C, L, D]; padded steps carry no input
+        if pad:
+            t = F.pad(t, (0, 0, 0, 0, 0, pad))
+        return t.unflatten(1, (C, L)).permute(0, 3, 1, 2, 4).contiguous()
+
+    q0, q1 = (chunks(t) for t in q.view(Bsz, T, H, m, 2).unbind(-1))  # [B, H, C, L, m]
+    k0, k1 = (chunks(t) for t in k.view(Bsz, T, H, m, 2).unbind(-1))
+    v = chunks(v)  # [B, H, C, L, P]
+    pw = block_powers(M, L + 1)  # [L + 1, H, m, 2, 2]
+    p00, p01, p10, p11 = (
+        pw[..., i, j].transpose(0, 1) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1))
+    )  # [H, L+1, m]
+
+    # X[s, d] = M^d k_s for lags d < L: [B, H, C, L(s), L(d), m] per component
+    e00, e01, e10, e11 = (t[None, :, None, None, :L] for t in (p00, p01, p10, p11))  # [1, H, 1, 1, L, m]
+    k0e, k1e = k0.unsqueeze(4), k1.unsqueeze(4)
+    X0, X1 = e00 * k0e + e01 * k1e, e10 * k0e + e11 * k1e
+    # Toeplitz gather: G[t, s] = X[s, t - s] for t >= s, zero above the diagonal (index L*L: a zero row)
+    t_idx = torch.arange(L, device=dev)
+    lag = t_idx[:, None] - t_idx[None, :]
+    flat = torch.where(lag >= 0, t_idx[None, :] * L + lag.clamp_min(0), L * L).flatten()
+    zero_row = torch.zeros_like(X0[:, :, :, :1, 0])  # [B, H, C, 1, m]
+    G0 = torch.cat([X0.flatten(3, 4), zero_row], dim=3).index_select(3, flat)  # [B, H, C, L*L, m]
+    G1 = torch.cat([X1.flatten(3, 4), zero_row], dim=3).index_select(3, flat)
+    scores = (q0.unsqueeze(4) * G0.unflatten(3, (L, L)) + q1.unsqueeze(4) * G1.unflatten(3, (L, L))).sum(-1)
+    o = scores @ v  # [B, H, C, L, P]
+
+    # prefix of step t in its chunk: M^(t+1); read against the state entering the chunk
+    f00, f01, f10, f11 = (t[None, :, None, 1:] for t in (p00, p01, p10, p11))  # [1, H, 1, L, m]
+    qhat = torch.cat([q0 * f00 + q1 * f10, q0 * f01 + q1 * f11], dim=-1)  # [B, H, C, L, 2m]
+
+    # each chunk's own end state sum_s M^(e-1-s) k_s v_s^T and transition M^e, e = its real length
+    ends = torch.full((C,), L, device=dev)
+    ends[-1] = L - pad
+    expo = (ends[:, None] - 1 - t_idx[None, :]).clamp_min(0)  # [C, L]; padded steps have k = 0
+    g00, g01, g10, g11 = (t[:, expo] for t in (p00, p01, p10, p11))  # [H, C, L, m]
+    ke0, ke1 = g00 * k0 + g01 * k1, g10 * k0 + g11 * k1  # [B, H, C, L, m]
+    x_end = torch.cat([ke0, ke1], dim=-1).transpose(-1, -2)  # [B, H, C, 2m, L]
+    local0, local1 = (x_end @ v).unflatten(-2, (2, m)).unbind(-3)  # [B, H, C, m, P]
+    ea, eb, ec, ed = (t[:, ends].unsqueeze(-1) for t in (p00, p01, p10, p11))  # [H, C, m, 1]
+
+    if initial_state is None:
+        h0 = h1 = q.new_zeros(Bsz, H, m, P)
+    else:
+        h0, h1 = initial_state.to(cdt).view(Bsz, H, m, 2, P).unbind(-2)
+    entering = []
+    per_chunk = zip(*(t.unbind(1) for t in (ea, eb, ec, ed)), local0.unbind(2), local1.unbind(2))
+    for ea_i, eb_i, ec_i, ed_i, l0_i, l1_i in per_chunk:  # loop over chunks only
+        entering.append(torch.cat([h0, h1], dim=-2))
+        h0, h1 = ea_i * h0 + eb_i * h1 + l0_i, ec_i * h0 + ed_i * h1 + l1_i
+    o = o + qhat @ torch.stack(entering, dim=2)
     o = o.permute(0, 2, 3, 1, 4).reshape(Bsz, C * L, H, P)[:, :T]
     return o.to(odt), torch.stack([h0, h1], dim=-2).reshape(Bsz, H, N, P).to(odt)
 

@@ -18,7 +18,7 @@ from harness.kernels.fourier import (
     real_spectrum,
     self_conjugate_mask,
 )
-from harness.kernels.oscillatory import block_scan, linoss_im_blocks
+from harness.kernels.oscillatory import block_powers, block_scan, linoss_im_blocks
 
 from harness import get_candidate
 
@@ -226,6 +226,39 @@ def test_block_scan_chunk_matches_reference_f64(batch_A, chunk):
         assert rel(o, o_ref) < 1e-12 and rel(h, h_ref) < 1e-12
 
 
+@pytest.mark.parametrize("T,chunk", [(29, 1), (29, 4), (29, 8), (32, 8), (29, 64), (1, 8)])
+def test_block_scan_time_invariant_path_matches_reference(T, chunk):
+    q, k, v, A, h0 = osc_inputs(2, T, 3, 4, 5, batch_A=False, scale=0.6)
+    M = A[0, 0]  # [H, m, 2, 2]
+    for init in (None, h0):
+        o_ref, h_ref = block_scan(q, k, v, M.expand(1, T, *M.shape), init, impl="recurrent")
+        o, h = block_scan(q, k, v, M, init, impl="chunk", chunk_size=chunk)
+        assert rel(o, o_ref) < 1e-12 and rel(h, h_ref) < 1e-12
+        o2, h2 = block_scan(q, k, v, M, init, impl="recurrent")
+        assert torch.equal(o2, o_ref) and torch.equal(h2, h_ref)
+
+
+def test_block_scan_time_invariant_gradients_match_reference():
+    q, k, v, A, h0 = osc_inputs(2, 13, 2, 3, 3, batch_A=False)
+    grads = []
+    for impl in ("recurrent", "chunk"):
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, A[0, 0], h0)]
+        o, h = block_scan(*leaves, impl=impl, chunk_size=4)
+        w_o = torch.randn(o.shape, dtype=F64, generator=gen(5))
+        w_h = torch.randn(h.shape, dtype=F64, generator=gen(6))
+        ((o * w_o).sum() + (h * w_h).sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for g_ref, g in zip(*grads):
+        assert torch.isfinite(g).all() and rel(g, g_ref) < 1e-10
+
+
+def test_block_powers():
+    M = torch.randn(3, 4, 2, 2, dtype=F64, generator=gen(9))
+    pw = block_powers(M, 11)
+    for d in range(11):
+        assert torch.allclose(pw[d], torch.linalg.matrix_power(M, d), atol=1e-12)
+
+
 def test_block_scan_reference_is_the_block_diagonal_recurrence():
     q, k, v, A, _ = osc_inputs(1, 6, 2, 3, 2)
     o_ref, _ = block_scan(q, k, v, A, impl="recurrent")
@@ -282,6 +315,8 @@ def test_block_scan_bad_shapes():
         block_scan(q, k, v, A[:, :3])  # wrong T
     with pytest.raises(ValueError, match="2x2"):
         block_scan(q, k, v, torch.randn(2, 4, 2, 2, 3, 3, dtype=F64), impl="chunk")  # 3x3 blocks
+    with pytest.raises(ValueError, match="time-invariant"):
+        block_scan(q, k, v, A[0, 0, :1])  # [1, m, 2, 2] for H = 2
     with pytest.raises(ValueError, match="initial_state"):
         block_scan(q, k, v, A, h0[:1])
     with pytest.raises(ValueError, match="chunk_size"):
