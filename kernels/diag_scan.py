@@ -13,10 +13,17 @@ trick of Grazzi et al. 2025 for negative eigenvalues) or a unit phase. Inside a 
 ``b_i = sum_{s<=i} log|decay_s|`` and ``s_i = prod_{s<=i} u_s``:
 
 - phases/signs are exact unit-modulus factors, folded into ``q_i * s_i`` and ``k_j / s_j``;
-- magnitudes enter only as ``exp(b_i - b_j)`` with ``j <= i``: the exponent is masked (set to -inf
-  where ``j > i``) BEFORE ``exp``, so every exponent is <= 0 and nothing overflows;
+- magnitudes enter the intra-chunk weights only as ``exp(b_i - b_j)`` with ``j <= i``, formed one of
+  two ways (``intra=``, see ``diag_scan_chunk``): pairwise, with the exponent masked to -inf where
+  ``j > i`` BEFORE ``exp`` (every exponent <= 0, safe for any decays, ``O(L^2 N)``); or factorised
+  about the chunk's mid log-decay (one matmul), used only where the chunk's total log-decay spread
+  keeps every exponent within ``+-SAFE_SPREAD / 2`` (the default halves the chunk, down to 16, until
+  that holds, and falls back to pairwise otherwise): nothing overflows on either path;
 - the state entering the chunk is read with ``exp(b_i)`` and the chunk's own contribution to the next
   state with ``exp(b_L - b_j)``, both <= 1.
+
+The ``auto`` choice costs one host sync per call (a max over the chunk spreads). A real decay with no
+negative entry skips the sign entirely (also one sync, for the check).
 
 ``log|decay|`` is clamped below at ``LOG_MIN[dtype]`` (-30 in float32, -80 in float64): a decay of
 exactly 0 (or smaller than ``exp(LOG_MIN)``) acts as ``exp(LOG_MIN)``, which is below the dtype's
