@@ -310,3 +310,19 @@ def test_straight_through_gradient_reaches_permutation_logits(name, param):
     m(_x().float()).square().mean().backward()
     g = getattr(m, param).weight.grad if param.endswith("proj") else getattr(m, param).grad
     assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_sinkhorn_matches_log_space_reference_and_its_gradient():
+    from harness.candidates.gs_monomial import sinkhorn, sinkhorn_reference
+
+    logits = _rand(3, 2, 4, 4, 5, scale=2.0, seed=30).requires_grad_()
+    w = _rand(3, 2, 4, 4, 5, seed=31)
+    outs = []
+    for fn in (sinkhorn, sinkhorn_reference):
+        logits.grad = None
+        y = fn(logits, 5, row_dim=-3, col_dim=-2)
+        (y * w).sum().backward()
+        outs.append((y.detach(), logits.grad.clone()))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-12)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-10)
+    assert torch.allclose(outs[0][0].sum(-3), torch.ones((), dtype=torch.float64), atol=1e-12)
