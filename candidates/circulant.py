@@ -343,23 +343,29 @@ class NeumannOrthogonalMixer(TransitionMixer):
         The recurrent form evaluates the same polynomial by Horner on vectors.
         """
         Y = -self.skew(x)
-        eye = torch.eye(self.d_state, dtype=Y.dtype, device=Y.device)
+        shape, N = Y.shape, self.d_state
+        Y = Y.reshape(-1, N, N)  # 3-D for the fused baddbmm (W + W @ P in one call)
+        eye = torch.eye(N, dtype=Y.dtype, device=Y.device)
+        g = self.gamma(x)
         k = self.neumann_terms
         if k >= 2 and k & (k - 1) == 0:
             power = Y @ Y
-            W = eye + 2.0 * Y + power
+            W = torch.add(eye, Y, alpha=2.0) + power  # (I + Y)^2
+            if g is not None:  # the scalar gate folded in before the last products
+                W = W * g.reshape(-1, 1, 1)
             while k > 2:
-                W = W @ (eye + power)
+                W = torch.baddbmm(W, W, power)  # W (I + Y^(2^i))
                 k //= 2
                 if k > 2:
                     power = power @ power
         else:
             series = eye.expand_as(Y)
             for _ in range(k - 1):  # Horner: I + Y (I + Y (I + ...))
-                series = eye + Y @ series
-            W = series @ (eye + Y)
-        g = self.gamma(x)
-        return W if g is None else W * g[..., None, None]
+                series = torch.baddbmm(eye.expand_as(Y), Y, series)
+            W = torch.baddbmm(series, series, Y)  # series (I + Y)
+            if g is not None:
+                W = W * g.reshape(-1, 1, 1)
+        return W.reshape(shape)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = dense_scan(q, k, v, self.transition(x), impl="chunk", chunk_size=self.chunk_size)
