@@ -82,13 +82,9 @@ def _pd_forward(idx: Tensor, D: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
     return levels, h_prev, torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1), h_T
 
 
-def _pd_backward(
-    levels, idx, D, h_prev, g: Tensor | None, g_T: Tensor | None, want_gA: bool, chunk_size: int
-):
-    """``(G, gh0, gA)``: ``G_t = dL/dh_t`` by the reversed gather recurrence over the same block products
-    (``Gh_t = A_t^H (g_t + Gh_{t+1})``, ``Gh_T = g_T``, ``G_t = g_t + Gh_{t+1}``) and, if asked, the dense
-    ``gA_t = G_t h_{t-1}^H`` (one batched product; ``dL/dD`` and the straight-through ``dL/dP`` are read
-    off it)."""
+def _pd_backward(levels, idx, D, h_prev, g: Tensor | None, g_T: Tensor | None, chunk_size: int):
+    """``(G, gh0)``: ``G_t = dL/dh_t`` by the reversed gather recurrence over the same block products
+    (``Gh_t = A_t^H (g_t + Gh_{t+1})``, ``Gh_T = g_T``, ``G_t = g_t + Gh_{t+1}``)."""
     M, T, N, P = h_prev.shape
     C, nc = chunk_layout(T, chunk_size)
     w = (
@@ -101,14 +97,24 @@ def _pd_backward(
     G = E.flatten(1, 2)[:, :T]
     if g is not None:
         G = G + g
-    gA = G @ h_prev.mH if want_gA else None
-    return G, gh0, gA
+    return G, gh0
 
 
-def _grads_D_P(gA: Tensor, idx: Tensor, D: Tensor, d_complex: bool, want_D: bool, want_P: bool):
-    """``dL/dD_j = dL/dA[idx_j, j]``; ``dL/dP = Re(dL/dA * conj(D))`` (P real, at the hard one-hot)."""
-    gD = _real_if(gA.gather(-2, idx[..., None, :]).squeeze(-2), d_complex) if want_D else None
-    gP = _real_if(gA * D.conj()[..., None, :], False) if want_P else None
+def _as_real_rows(x: Tensor) -> Tensor:
+    """``[..., N, P]`` complex -> ``[..., N, 2P]`` real (interleaved re / im; a view)."""
+    return torch.view_as_real(x).flatten(-2) if x.is_complex() else x
+
+
+def _grads_D_P(G: Tensor, h_prev: Tensor, idx: Tensor, D: Tensor, want_D: bool, want_P: bool):
+    """With ``dL/dA_t = G_t h_{t-1}^H``: ``dL/dD_j = dL/dA[idx_j, j] = sum_p G[idx_j, p] conj(h[j, p])``
+    (a row gather) and the straight-through ``dL/dP = Re(dL/dA * conj(D)) = Re(G (D h)^H)``, one
+    real batched product on interleaved re / im rows (no complex conjugate copies)."""
+    gD = gP = None
+    if want_D:
+        gD = (pd_apply((idx, torch.ones_like(D)), G, adjoint=True) * h_prev.conj()).sum(-1)
+        gD = _real_if(gD, D.is_complex())
+    if want_P:
+        gP = _as_real_rows(G) @ _as_real_rows(D[..., None] * h_prev).mT
     return gD, gP
 
 
@@ -125,19 +131,17 @@ class _PDRecurrence(torch.autograd.Function):
     def forward(ctx, idx: Tensor, D: Tensor, b: Tensor, h0: Tensor, P_ste: Tensor | None, chunk_size: int):
         levels, h_prev, h_all, h_T = _pd_forward(idx, D, b, h0, chunk_size)
         ctx.save_for_backward(*_levels_flat(levels), h_prev, idx, D)
-        ctx.meta = (len(levels), P_ste is not None, D.is_complex(), chunk_size)
+        ctx.meta = (len(levels), P_ste is not None, chunk_size)
         return h_all, h_T
 
     @staticmethod
     def backward(ctx, g_all: Tensor | None, g_T: Tensor | None):
-        n_levels, has_ste, d_complex, chunk_size = ctx.meta
+        n_levels, has_ste, chunk_size = ctx.meta
         saved = ctx.saved_tensors
         h_prev, idx, D = saved[2 * n_levels :]
         want_D, want_P = ctx.needs_input_grad[1], has_ste and ctx.needs_input_grad[4]
-        G, gh0, gA = _pd_backward(
-            _levels_unflat(saved, n_levels), idx, D, h_prev, g_all, g_T, want_D or want_P, chunk_size
-        )
-        gD, gP = _grads_D_P(gA, idx, D, d_complex, want_D, want_P) if gA is not None else (None, None)
+        G, gh0 = _pd_backward(_levels_unflat(saved, n_levels), idx, D, h_prev, g_all, g_T, chunk_size)
+        gD, gP = _grads_D_P(G, h_prev, idx, D, want_D, want_P)
         return None, gD, G, gh0, gP, None
 
 
@@ -167,9 +171,7 @@ class _PDScan(torch.autograd.Function):
         # z = q^T h, o = Re z: dL/dz = do, dL/dh = conj(q) do^T, dL/dq = conj(h) do
         g = None if do is None else q.to(dtype).conj()[..., :, None] * do[..., None, :]
         want_D, want_P = need[4], has_ste and need[6]
-        G, gh0, gA = _pd_backward(
-            _levels_unflat(rest, n_levels), idx, D, h_prev, g, g_T, want_D or want_P, chunk_size
-        )
+        G, gh0 = _pd_backward(_levels_unflat(rest, n_levels), idx, D, h_prev, g, g_T, chunk_size)
         gq = gk = gv = None
         if need[0] and do is not None:
             gq = _real_if((h_all.conj() @ do.to(dtype)[..., None]).squeeze(-1), q.is_complex())
@@ -177,7 +179,7 @@ class _PDScan(torch.autograd.Function):
             gk = _real_if((G @ v.to(dtype).conj()[..., None]).squeeze(-1), k.is_complex())
         if need[2]:
             gv = _real_if((G.mT @ k.to(dtype).conj()[..., None]).squeeze(-1), v.is_complex())
-        gD, gP = _grads_D_P(gA, idx, D, D.is_complex(), want_D, want_P) if gA is not None else (None, None)
+        gD, gP = _grads_D_P(G, h_prev, idx, D, want_D, want_P)
         if gP is not None:
             gP = gP.unflatten(0, (B, -1)).transpose(1, 2)
         return gq, gk, gv, None, gD, gh0, gP, None, None
