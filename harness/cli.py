@@ -14,6 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import leaderboard as lb
+from harness.allocator import tune_allocator
 from harness.registry import (
     RegistryError,
     candidate_names,
@@ -372,6 +373,7 @@ def _add_optional_commands(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.allocator import tune_allocator
 from harness.backbone import SequenceModel, count_correct, set_training_progress
 from harness.environment import environment
 from harness.mixer import count_params, measure_state
@@ -186,6 +187,7 @@ def execute(run: ResolvedRun, on_step: Callable[[int, float], None] | None = Non
         "environment": {**environment(spec.device), "threads": TRAIN_THREADS},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    tune_allocator()
     t0 = time.perf_counter()
     losses: list[tuple[int, float]] = []
     previous_threads = torch.get_num_threads()
