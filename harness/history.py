@@ -1,0 +1,332 @@
+"""``harness machine`` and ``harness history``: benchmark history with asv, per machine class.
+
+- ``harness machine``: detect the hardware and write its asv machine entry (``.asv/machine.json``)
+  under a stable name per kind of hardware (``cpu-amd-epyc-2c``, ``h100-sxm-80g``).
+- ``harness history record``: measure the checked-out commit (asv ``run`` in the existing
+  environment with ``--set-commit-hash`` and ``-m``; ``--quick`` by default: one sample per
+  benchmark after the warm-up call in each benchmark's setup).
+- ``harness history backfill A..B``: each commit checked out in a temporary ``git worktree`` and
+  measured with its own code; all results go to the one ``results/asv``.
+- ``harness history publish``: the HTML report (``asv publish``); ``harness history serve``: serve it
+  on 127.0.0.1 only.
+- ``harness history compare A B``: ``asv compare`` with an exit code (asv's own is 0 even when a
+  benchmark got worse): 1 if anything got worse by more than ``--factor``.
+
+Exit codes: 0 ok, 1 a benchmark failed or got worse, 2 usage or setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from harness.asvtools import AsvError, AsvProject, last_lines, localize_report
+from harness.worktree import GitError, checkout, git, is_dirty, revisions
+
+
+class HistoryError(Exception):
+    """A usage or setup error: one line on stderr, exit code 2."""
+
+
+# -- machine ------------------------------------------------------------------------------------
+def cmd_machine(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    info = project.ensure_machine(args.device, args.name)
+    entry = info.asv_entry()
+    if args.name:
+        entry["machine"] = args.name
+    if args.format == "json":
+        print(
+            json.dumps({"name": entry["machine"], "asv_entry": entry, "detected": info.to_dict()}, indent=2)
+        )
+    else:
+        print(tabulate(sorted(entry.items()), tablefmt="plain"))
+        print(
+            f"\nwritten to {project.machine_file} (asv machine file; results go to "
+            f"{project.results_dir / entry['machine']})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# -- record / backfill ----------------------------------------------------------------------------
+def _bench_patterns(args: argparse.Namespace) -> list[str]:
+    return [b for b in (args.bench or []) if b]
+
+
+def _machine(project: AsvProject, args: argparse.Namespace) -> tuple[str, str]:
+    info = project.ensure_machine(args.device, args.machine)
+    return (args.machine or info.name), info.device
+
+
+def _outcome(proc, project: AsvProject, machine: str, sha: str) -> str:
+    saved = project.result_files(machine, sha)
+    if proc.returncode not in (0, 2) or not saved:
+        return "error"
+    return "ok" if proc.returncode == 0 else "some benchmarks failed"
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    if is_dirty(project.repo) and not args.allow_dirty:
+        raise HistoryError(
+            "the working tree has uncommitted changes to tracked files; results would be filed under "
+            "HEAD without being HEAD's code. Commit or stash them, use `harness history backfill HEAD` "
+            "(a clean worktree of HEAD), or pass --allow-dirty"
+        )
+    machine, device = _machine(project, args)
+    sha = project.head()
+    t0 = time.perf_counter()
+    proc = project.run_benchmarks(
+        sha, machine, _bench_patterns(args), quick=not args.no_quick, device=device, timeout=args.timeout
+    )
+    outcome = _outcome(proc, project, machine, sha)
+    print(
+        f"harness history record: {sha[:8]} on {machine}: {outcome} "
+        f"({time.perf_counter() - t0:.0f} s); results in {project.results_dir / machine}",
+        file=sys.stderr,
+    )
+    return {"ok": 0, "some benchmarks failed": 1}.get(outcome, 2)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    shas = revisions(project.repo, args.range)
+    machine, device = _machine(project, args)
+    rows: list[list[Any]] = []
+    worst = 0
+    for sha in shas:
+        subject = git(project.repo, "log", "-1", "--format=%s", sha)[:60]
+        if args.skip_existing and project.result_files(machine, sha):
+            rows.append([sha[:8], subject, "skipped (has results)", ""])
+            continue
+        t0 = time.perf_counter()
+        with checkout(project.repo, sha) as co:
+            print(f"harness history backfill: {sha[:8]} {subject}", file=sys.stderr, flush=True)
+            proc = project.run_benchmarks(
+                sha,
+                machine,
+                _bench_patterns(args),
+                quick=not args.no_quick,
+                import_root=co.import_root,
+                device=device,
+                timeout=args.timeout,
+            )
+        outcome = _outcome(proc, project, machine, sha)
+        worst = max(worst, {"ok": 0, "some benchmarks failed": 1}.get(outcome, 2))
+        rows.append([sha[:8], subject, outcome, f"{time.perf_counter() - t0:.0f} s"])
+    disc = project.discover(machine, capture=True)
+    if disc.returncode != 0:
+        print(
+            f"warning: re-discovering the current suite failed:\n{last_lines(disc.stdout)}", file=sys.stderr
+        )
+        worst = max(worst, 2)
+    print(tabulate(rows, headers=["commit", "subject", "outcome", "time"], tablefmt="simple"))
+    print(f"results in {project.results_dir / machine}", file=sys.stderr)
+    return worst
+
+
+# -- publish / serve / compare ----------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    html = Path(args.html_dir) if args.html_dir else project.html_dir
+    proc = project.publish(html, capture=True)
+    if proc.returncode != 0 or not (html / "index.html").exists():
+        print(last_lines(proc.stdout + proc.stderr), file=sys.stderr)
+        raise HistoryError(f"asv publish failed (exit {proc.returncode})")
+    if not getattr(args, "cdn", False):
+        left = localize_report(html)
+        if left:
+            print(f"warning: the report still loads {', '.join(left)} from the network", file=sys.stderr)
+    print(f"report written to {html / 'index.html'} (serve it with `harness history serve`)", file=sys.stderr)
+    return 0
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[tuple[str, int]] | None = None  # (path, status) of every request, when a list is given
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's signature
+        pass
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        if self.requests is not None:
+            self.requests.append((self.path, int(code) if isinstance(code, int) else 0))
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a browser that closed the connection early (normal), not a server error
+        super().handle_error(request, client_address)
+
+
+def serve_directory(
+    directory: Path, port: int = 0, requests: list[tuple[str, int]] | None = None
+) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """A threaded static file server for ``directory`` on 127.0.0.1 (never other interfaces).
+
+    ``requests``: a list to which every request's (path, HTTP status) is appended.
+    """
+    handler_cls = type("Handler", (_QuietHandler,), {"requests": requests})
+    handler = functools.partial(handler_cls, directory=str(directory))
+    server = _Server(("127.0.0.1", port), handler)
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def serve_in_thread(
+    directory: Path, port: int = 0, requests: list[tuple[str, int]] | None = None
+) -> tuple[http.server.ThreadingHTTPServer, str]:
+    server, url = serve_directory(directory, port, requests)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, url
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    html = Path(args.html_dir) if args.html_dir else project.html_dir
+    if args.publish or not (html / "index.html").exists():
+        cmd_publish(
+            argparse.Namespace(config=args.config, html_dir=str(html), cdn=False)
+        )  # raises on failure
+    server, url = serve_directory(html, args.port)
+    print(f"serving {html} at {url} (127.0.0.1 only; Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    project = AsvProject.find(args.config)
+    machine = args.machine or project.ensure_machine(args.device).name
+    rows, proc = project.compare(args.rev1, args.rev2, machine, factor=args.factor)
+    if proc.returncode != 0:
+        print(last_lines(proc.stdout + proc.stderr), file=sys.stderr)
+        raise HistoryError(f"asv compare failed (exit {proc.returncode})")
+    worse = [r for r in rows if r.regression]
+    print(proc.stdout.rstrip())
+    verdict = (
+        f"{len(worse)} benchmark(s) got worse by more than {args.factor}x" if worse else "no regressions"
+    )
+    print(f"\nharness history compare {args.rev1}..{args.rev2} on {machine}: {verdict}")
+    return 1 if worse else 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="asv.conf.json (default: found from the working directory up)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    _add_config(p)
+    p.add_argument(
+        "--bench",
+        "-b",
+        action="append",
+        metavar="REGEX",
+        help="only benchmarks matching this regex (repeatable), e.g. 'bench_mixers\\.softmax\\.' or 'ErrorRate'",
+    )
+    p.add_argument(
+        "--no-quick", action="store_true", help="asv's full sampling (default: --quick, one sample each)"
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--machine", help="machine name (default: the detected machine class)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per asv run (default: none)")
+
+
+def add_history_commands(subparsers: Any) -> None:
+    """Add ``machine`` and ``history`` to the ``harness`` command line."""
+    p = subparsers.add_parser("machine", help="detect this machine's class and write its asv machine entry")
+    _add_config(p)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--name", help="override the detected machine name")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.set_defaults(func=_guarded(cmd_machine))
+
+    h = subparsers.add_parser("history", help="asv benchmark history: record, backfill, publish, serve")
+    hs = h.add_subparsers(dest="history_command", required=True, metavar="SUBCOMMAND")
+
+    p = hs.add_parser("record", help="measure the checked-out commit")
+    _add_run_options(p)
+    p.add_argument("--allow-dirty", action="store_true", help="record even with uncommitted changes")
+    p.set_defaults(func=_guarded(cmd_record))
+
+    p = hs.add_parser("backfill", help="measure each commit of a range (A..B), each in a temporary worktree")
+    p.add_argument("range", help="A..B (oldest first), A^! or one commit")
+    _add_run_options(p)
+    p.add_argument("--skip-existing", action="store_true", help="skip commits that have results here")
+    p.set_defaults(func=_guarded(cmd_backfill))
+
+    p = hs.add_parser("publish", help="write the HTML report (asv publish)")
+    _add_config(p)
+    p.add_argument("--html-dir", help="output folder (default: html_dir of asv.conf.json)")
+    p.add_argument(
+        "--cdn",
+        action="store_true",
+        help="keep asv's CDN links (default: a self-contained report with shipped copies, works offline)",
+    )
+    p.set_defaults(func=_guarded(cmd_publish))
+
+    p = hs.add_parser("serve", help="serve the HTML report on 127.0.0.1")
+    _add_config(p)
+    p.add_argument("--html-dir", help="folder to serve (default: html_dir of asv.conf.json)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--publish", action="store_true", help="publish first")
+    p.set_defaults(func=_guarded(cmd_serve))
+
+    p = hs.add_parser("compare", help="compare two recorded commits; exit 1 if something got worse")
+    _add_config(p)
+    p.add_argument("rev1", help="the reference commit")
+    p.add_argument("rev2", help="the commit compared with it")
+    p.add_argument("--factor", type=float, default=1.1, help="change that counts (default 1.1)")
+    p.add_argument("--machine", help="machine name (default: the detected machine class)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_guarded(cmd_compare))
+
+
+def _guarded(fn):
+    """The command with this module's errors turned into one line on stderr and exit code 2.
+
+    Done here, not in harness.cli, so the main CLI needs to know nothing of these exceptions.
+    """
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args) or 0)
+        except (HistoryError, AsvError, GitError, ValueError, subprocess.TimeoutExpired) as e:
+            print(f"harness: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return int(args.func(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="harness")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_history_commands(sub)
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
