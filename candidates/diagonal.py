@@ -32,12 +32,17 @@ from ._transition import TransitionMixer
 )
 class DiagonalMixer(TransitionMixer):
     """``a_t = sigmoid(W_a x_t + b_a) ** (1 / gate_temperature)`` per head and state dim (GLA's
-    parameterisation: ``log a = logsigmoid(.) / 16``, computed in log space), in (0, 1).
+    parameterisation, computed in log space), in (0, 1).
 
     ``allow_negative`` (``diagonal-neg``): ``a_t <- 2 a_t - 1`` in (-1, 1), the map Grazzi et al.
     apply to Mamba's gate (eigenvalue range doubled, same parameter count). The kernel tracks the
     sign separately from the log-magnitude. The bias is initialised so that the positive gate
     starts near 0.96 (``diagonal``) / its doubled form near 0.92 (``diagonal-neg``).
+
+    ``gate_temperature`` defaults to 1, not GLA's 16: with 16 the gate cannot get near 0 (it would
+    need ``logsigmoid`` near -16 * 5), so the doubled gate of ``diagonal-neg`` could never reach
+    the eigenvalue -1 that parity needs — Grazzi et al.'s map assumes a gate that spans (0, 1), as
+    Mamba's ``exp(-dt A)`` does. Both variants use the same value, so they differ only in the range.
     """
 
     def __init__(
@@ -46,13 +51,16 @@ class DiagonalMixer(TransitionMixer):
         n_heads: int = 4,
         d_state: int = 16,
         chunk_size: int = 64,
-        gate_temperature: float = 16.0,
+        gate_temperature: float = 1.0,
         allow_negative: bool = False,
     ) -> None:
         super().__init__(d_model, n_heads, d_state, chunk_size)
         self.gate_temperature, self.allow_negative = gate_temperature, allow_negative
         self.a_proj = nn.Linear(d_model, n_heads * d_state, bias=True)
-        nn.init.zeros_(self.a_proj.bias)
+        start = 0.5 ** (1.0 / 16.0)  # ~0.958, GLA's starting gate
+        nn.init.constant_(
+            self.a_proj.bias, math.log(start**gate_temperature / (1.0 - start**gate_temperature))
+        )
 
     def decay(self, x: Tensor) -> tuple[Tensor, bool]:
         """``x [..., D] -> (a or log a [..., H, N], whether it is log a)``: log space when positive."""
