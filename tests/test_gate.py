@@ -1,0 +1,196 @@
+"""``harness gate``: the statistics, fault injection, and the gate catching what it must catch.
+
+The end-to-end tests use reduced settings (two candidates, short training, few samples) so the
+whole file runs in about a minute on a loaded 2-core machine. What they pin down:
+- an unchanged tree passes, repeatedly (the speed comparison is run several times, 0 failures);
+- a deliberate 1.5x slowdown of one candidate and a deliberate accuracy drop are both caught;
+- the A/B form measures the base commit with its own code (a worktree, a subprocess);
+- exit codes: 0 pass, 1 regression, 2 error.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from harness import gate
+from harness import gate_worker as gw
+from harness.registry import get_candidate
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEED = gw.SpeedSettings(batch=4, seq_len=128, d_model=64, reps=3)
+QUALITY = gw.QualitySettings(steps=60)
+PAIR = ["softmax", "diagonal"]
+
+
+# -- statistics ---------------------------------------------------------------------------------------------
+def _noisy(median: float, n: int, rel: float, seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return list(median * np.exp(rng.normal(0, rel, n)) * (1 + rng.exponential(rel, n)))
+
+
+def test_a_clear_slowdown_is_slower():
+    v = gate.compare_speed("x", _noisy(2.0, 20, 0.1, 0), _noisy(3.0, 20, 0.1, 1))
+    assert v.status == "slower" and v.regression and v.p_value < 1e-4 and 1.3 < v.change < 1.7
+
+
+def test_same_distribution_is_ok_and_speedups_are_not_regressions():
+    assert gate.compare_speed("x", _noisy(2.0, 20, 0.15, 0), _noisy(2.0, 20, 0.15, 1)).status == "ok"
+    v = gate.compare_speed("x", _noisy(3.0, 20, 0.1, 0), _noisy(2.0, 20, 0.1, 1))
+    assert v.status == "faster" and not v.regression
+
+
+def test_both_the_factor_and_the_test_are_needed():
+    # significant but small (1.15x < 1.3x): not a regression
+    small = gate.compare_speed("x", _noisy(2.0, 30, 0.02, 0), _noisy(2.3, 30, 0.02, 1))
+    assert small.p_value < 1e-6 and small.status == "ok"
+    # a large median change that the samples do not support (3 vs 3 wild samples): not a regression
+    wild = gate.compare_speed("x", [1.0, 4.0, 1.2], [1.9, 5.0, 2.0])
+    assert wild.change > 1.3 and wild.p_value > 0.01 and wild.status == "ok"
+
+
+def test_quality_tolerance_and_failures():
+    base = {"status": "ok", "token_acc": 0.50}
+    assert gate.compare_quality("k", base, {"status": "ok", "token_acc": 0.49}, 0.02).status == "ok"
+    assert gate.compare_quality("k", base, {"status": "ok", "token_acc": 0.47}, 0.02).status == "worse"
+    assert gate.compare_quality("k", base, {"status": "ok", "token_acc": 0.60}, 0.02).status == "better"
+    assert gate.compare_quality("k", base, {"status": "failed", "error": "boom"}).regression
+    assert gate.compare_quality("k", None, {"status": "ok", "token_acc": 0.3}).status == "new"
+    both = gate.compare_quality("k", {"status": "failed"}, {"status": "failed", "error": "boom"})
+    assert both.status == "failed in both" and not both.regression
+
+
+def test_parse_injection():
+    assert gw.parse_injection("a=1.5, b-c=2") == {"a": 1.5, "b-c": 2.0}
+    assert gw.parse_injection("") == {} and gw.parse_injection(None) == {}
+    with pytest.raises(ValueError, match="name=factor"):
+        gw.parse_injection("oops")
+
+
+# -- fault injection works as advertised -----------------------------------------------------------------------
+def test_slowed_mixer_takes_about_factor_times_as_long_and_computes_the_same():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    inner = get_candidate("softmax").build(64)
+    slowed = gw.SlowedMixer(inner, 1.5)
+    x = torch.randn(4, 128, 64, requires_grad=True)
+    g = torch.randn(4, 128, 64)
+    y1 = inner(x)
+    y2 = slowed(x)
+    assert torch.equal(y1, y2)
+    (gx1,) = torch.autograd.grad(y1, x, g)
+    (gx2,) = torch.autograd.grad(y2, x, g)
+    assert torch.equal(gx1, gx2)
+
+    def cpu_time(model, n=12):
+        best = float("inf")
+        for _ in range(n):
+            t0 = time.process_time()
+            model(x).backward(g)
+            best = min(best, time.process_time() - t0)
+        return best
+
+    ratio = cpu_time(slowed) / cpu_time(inner)
+    assert 1.3 < ratio < 1.8, ratio
+
+
+# -- speed: unchanged passes repeatedly; a 1.5x slowdown is caught --------------------------------------------------
+def _samples(session: gw.SpeedSession, n: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {name: [] for name in session.calls}
+    for r in range(n):
+        for name, s in session.sample(r).items():
+            out[name].append(s["ratio"])
+    return out
+
+
+def test_speed_gate_passes_unchanged_repeatedly_and_catches_a_slowdown():
+    torch.set_num_threads(1)
+    base = _samples(gw.SpeedSession(PAIR, SPEED), 15)
+    failures = 0
+    for _ in range(4):  # the same tree, measured again: must never flag
+        new = _samples(gw.SpeedSession(PAIR, SPEED), 15)
+        failures += sum(gate.compare_speed(n, base[n], new[n]).regression for n in PAIR)
+    assert failures == 0
+    slowed = _samples(gw.SpeedSession(PAIR, SPEED, slowdown={"diagonal": 1.5}), 15)
+    verdicts = {n: gate.compare_speed(n, base[n], slowed[n]) for n in PAIR}
+    assert verdicts["diagonal"].status == "slower", verdicts["diagonal"]
+    assert verdicts["softmax"].status == "ok", verdicts["softmax"]
+
+
+# -- quality: deterministic; a degraded run is caught ------------------------------------------------------------
+def test_quality_runs_repeat_exactly_and_a_zero_learning_rate_is_caught():
+    a = gw.quality_run("softmax", "associative-recall", QUALITY)
+    b = gw.quality_run("softmax", "associative-recall", QUALITY)
+    assert a["status"] == "ok" and a["token_acc"] == b["token_acc"]
+    degraded = gw.quality_run("softmax", "associative-recall", QUALITY, lr_scale=0.0)
+    v = gate.compare_quality("softmax/associative-recall", a, degraded)
+    assert v.status == "worse" and a["token_acc"] - degraded["token_acc"] > 0.05
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+def _gate(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = gate.main(["gate", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+SMALL = ["--candidates", ",".join(PAIR), "--steps", "60", "--samples", "10", "--batch", "4"]
+
+
+def test_gate_command_baseline_pass_and_fail(tmp_path, capsys, monkeypatch):
+    res = ["--results-dir", str(tmp_path)]
+    rc, _, err = _gate(capsys, *res)
+    assert rc == 2 and "no baseline for machine class" in err  # and how to make one
+    rc, _, err = _gate(capsys, *res, "--update-baseline", *SMALL)
+    assert rc == 0, err
+    (path,) = (tmp_path / "baselines").glob("*.json")
+    data = json.loads(path.read_text())
+    assert data["candidates"] == PAIR and data["speed_settings"]["batch"] == 4
+    assert set(data["quality"]) == {"softmax/associative-recall", "diagonal/associative-recall"}
+
+    rc, out, _ = _gate(capsys, *res, "--format", "json", "--samples", "10")  # settings from the baseline
+    report = json.loads(out)
+    assert rc == 0 and report["passed"], out
+    assert [q["new_acc"] for q in report["quality"]] == [q["base_acc"] for q in report["quality"]]  # exact
+
+    monkeypatch.setenv(gw.INJECT_SLOWDOWN_ENV, "diagonal=1.5")
+    monkeypatch.setenv(gw.INJECT_LR_SCALE_ENV, "softmax=0")
+    rc, out, _ = _gate(capsys, *res, "--samples", "10")
+    assert rc == 1, out
+    assert "SLOWER" in out and "WORSE" in out
+    assert "2 regression(s): softmax/associative-recall, diagonal" in out
+
+    rc, _, err = _gate(capsys, *res, "--steps", "40")  # not comparable with the baseline
+    assert rc == 2 and "differ from the baseline" in err
+
+
+def test_gate_ab_measures_the_base_with_its_own_code(capsys, monkeypatch):
+    monkeypatch.setenv(gw.INJECT_SLOWDOWN_ENV, "diagonal=1.5")
+    monkeypatch.setenv(gw.INJECT_LR_SCALE_ENV, "softmax=0")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    rc, out, err = _gate(capsys, "--base", head, *SMALL, "--format", "json")
+    assert rc == 1, out + err
+    report = json.loads(out)
+    assert set(report["regressions"]) == {"diagonal", "softmax/associative-recall"}
+    base, current = report["sides"]["base"], report["sides"]["current"]
+    assert base["pid"] != current["pid"]
+    # the base imported the registry from a temporary worktree of HEAD, the current side from here
+    base_file = Path(base["registry_file"])
+    assert base_file.parts[-3:] == ("tree", "harness", "registry.py")
+    assert base_file.parent.parent.parent.name.startswith(f"harness-{head[:8]}-")
+    assert Path(current["registry_file"]) == (ROOT / "harness" / "registry.py").resolve()
+    assert base["git_commit"] == head
+    assert not base_file.exists()  # the temporary worktree is gone
+
+
+def test_gate_base_unknown_revision_is_an_error(capsys):
+    rc, _, err = _gate(capsys, "--base", "no-such-ref-xyz", "--skip-speed")
+    assert rc == 2 and "no-such-ref-xyz" in err
