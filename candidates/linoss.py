@@ -18,9 +18,10 @@ with a general (rank-unrestricted) input map per oscillator, at the group's matc
 Parallel form: kernels/oscillatory.py:block_scan, chunkwise with a loop over chunks only: for
 ``oscgate-ssm`` a log-depth scan of the input-dependent 2x2 blocks inside each chunk, for ``linoss``
 (time-invariant) the block powers ``M^0 .. M^L`` and a Toeplitz gather instead of a scan. Recurrent
-form: the kernel's reference loop, one step at a time. ``chunk_size`` defaults to 8 here (the
-2x2 chunk kernels' cost grows with the chunk length; 8 was the fastest at T = 64 on CPU while
-keeping the chunk loop short). Blocks are built in float32 for half-precision models and the kernel
+form: the kernel's reference loop, one step at a time. ``chunk_size`` defaults to 8 (``linoss``)
+and 4 (``oscgate-ssm``) rather than the group's 64: the intra-chunk work of these kernels grows with
+the chunk length (``O(L)`` per step for the powers, ``O(L log L)`` for the scan), and these were the
+fastest at T = 64 on CPU; the chunk loop is then T / L iterations (longer sequences may want more). Blocks are built in float32 for half-precision models and the kernel
 computes in float32, so bf16 / fp16 are supported.
 """
 
@@ -124,7 +125,7 @@ class OscGateMixer(_OscillatorMixer):
     log-spaced in [0.01, 0.2], ``dt_raw = 0`` (``dt = 0.5``).
     """
 
-    def __init__(self, d_model: int, n_heads: int = 4, d_state: int = 16, chunk_size: int = 8) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, d_state: int = 16, chunk_size: int = 4) -> None:
         super().__init__(d_model, n_heads, d_state, chunk_size)
         m = self.n_osc
         self.omega_proj = nn.Linear(d_model, n_heads * m)
