@@ -250,11 +250,15 @@ def _chunk_core(qc, kc, vc, gc, ac, bc, betac, erase, S0, pairwise):
         e_state = e_state - Z[..., :V]
         F_state = F_state - Z[..., V:]
 
+    # per chunk, [O; S_next] = [A; F] S_0 + [c; e]: one matmul per chunk
+    AF = torch.cat([A_out, F_state], dim=-2)  # [B, H, C, L + K, K]
+    ce = torch.cat([c_out, e_state], dim=-2)  # [B, H, C, L + K, V]
     S = q.new_zeros(B, H, K, V) if S0 is None else S0
     outs = []  # unbind, not x[:, :, c]: one backward op instead of a zero-filled tensor per chunk
-    for A_c, c_c, F_c, e_c in zip(*(x.unbind(2) for x in (A_out, c_out, F_state, e_state))):
-        outs.append(A_c @ S + c_c)
-        S = F_c @ S + e_c
+    for AF_c, ce_c in zip(AF.unbind(2), ce.unbind(2)):
+        R = AF_c @ S + ce_c
+        outs.append(R[..., :L, :])
+        S = R[..., L:, :]
     return torch.stack(outs, dim=2), S
 
 
