@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from harness.tasks._common import check_int, check_n, device_of
 
 from harness.registry import register_task
 from harness.task import IGNORE, Batch, Task
+from harness.tasks._common import check_int, check_n, device_of
 
 NAME = "associative-recall"
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+
+from harness.registry import register_task
+from harness.task import IGNORE, Batch, Task
 from harness.tasks._common import (
     check_int,
     check_length_split,
@@ -16,10 +20,6 @@ from harness.tasks._common import (
     pad_beyond,
     sample_lengths,
 )
-from torch import Tensor
-
-from harness.registry import register_task
-from harness.task import IGNORE, Batch, Task
 
 NAME = "modular-arithmetic"
 MOD = 5

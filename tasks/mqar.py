@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from harness.tasks._common import check_int, check_n, device_of, power_law_slots, random_subsets
 
 from harness.registry import register_task
 from harness.task import IGNORE, Batch, Task
+from harness.tasks._common import check_int, check_n, device_of, power_law_slots, random_subsets
 
 NAME = "mqar"
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from harness.registry import register_task
+from harness.task import Batch, Task
 from harness.tasks._common import (
     check_int,
     check_length_split,
@@ -15,9 +18,6 @@ from harness.tasks._common import (
     pad_beyond,
     sample_lengths,
 )
-
-from harness.registry import register_task
-from harness.task import Batch, Task
 
 NAME = "parity"
 PAD = 2

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from harness.tasks._common import check_int, check_n, device_of, random_subsets
 
 from harness.registry import register_task
 from harness.task import IGNORE, Batch, Task
+from harness.tasks._common import check_int, check_n, device_of, random_subsets
 
 NAME = "selective-copy"
 

@@ -7,11 +7,11 @@ import itertools
 
 import pytest
 import torch
-from harness.tasks._common import power_law_slots, random_subsets
-from harness.tasks.modular_arithmetic import prefix_values
 
 from harness import IGNORE, get_task
 from harness.registry import task_names
+from harness.tasks._common import power_law_slots, random_subsets
+from harness.tasks.modular_arithmetic import prefix_values
 
 TASKS = ["mqar", "selective-copy", "s5", "associative-recall", "parity", "modular-arithmetic"]
 
@@ -351,3 +351,26 @@ def test_bad_generate_arguments(name, length):
         task.generate(2, torch.Generator().manual_seed(0), length=length)
     with pytest.raises(ValueError, match="n \\(number of examples\\)"):
         task.generate(0, torch.Generator().manual_seed(0))
+
+
+def test_s5_generators_only_uses_two_tokens_and_labels_compose():
+    import itertools
+
+    from harness.tasks.s5 import GENERATORS, PERMS, S5
+
+    task = S5(S5.Config(seq_len=12, test_lengths=(24,), tokens="generators"))
+    b = task.generate(64, torch.Generator().manual_seed(0))
+    assert set(b.inputs.unique().tolist()) == {PERMS.index(g) for g in GENERATORS}
+    for row_in, row_out in zip(b.inputs.tolist(), b.targets.tolist()):
+        state = tuple(range(5))
+        for tok, lab in zip(row_in, row_out):
+            g = PERMS[tok]
+            state = tuple(g[state[i]] for i in range(5))
+            assert PERMS[lab] == state
+    # the two generators generate all of S5
+    reached = {tuple(range(5))}
+    for _ in range(12):
+        reached |= {tuple(g[p[i]] for i in range(5)) for p in reached for g in GENERATORS}
+    assert len(reached) == len(list(itertools.permutations(range(5))))
+    with pytest.raises(ValueError, match="tokens='some'"):
+        S5.Config(tokens="some")
