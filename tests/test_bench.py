@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -23,7 +24,14 @@ from harness.bench.cli import main as bench_main
 from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
 from harness.bench.scans import ScansConfig, run_scans
 from harness.bench.throughput import ThroughputConfig, run_throughput
-from harness.bench.timing import fit_exponent, peak_memory_bytes, stats_from, time_cpu
+from harness.bench.timing import (
+    check_clock,
+    fit_exponent,
+    peak_memory_bytes,
+    runs_on_calling_thread,
+    stats_from,
+    time_cpu,
+)
 from harness.results import RecordStore
 
 TINY = dict(d_model=32, batch=1, min_run_time=0.01, min_samples=3, progress=False)
@@ -105,6 +113,30 @@ def test_stats_and_cpu_timer_are_sane():
     assert st.n >= 4 and 0 < st.p20 <= st.median <= st.p80 < 1.0
 
 
+def test_clocks():
+    x = torch.randn(64, 64)
+    st = time_cpu(lambda: x @ x, threads=1, call_estimate=1e-5, min_run_time=0.01, min_samples=4, clock="cpu")
+    assert "thread_time" in st.method and 0 < st.p20 <= st.median <= st.p80 < 1.0
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert runs_on_calling_thread(lambda: x @ x)[0]
+    finally:
+        torch.set_num_threads(prev)
+
+    def elsewhere():  # the work happens on another thread: thread CPU time would not see it
+        t = threading.Thread(target=lambda: sum(i * i for i in range(300_000)))
+        t.start()
+        t.join()
+
+    assert not runs_on_calling_thread(elsewhere)[0]
+    assert check_clock("cpu", torch.device("cpu"), 1) == "cpu"
+    with pytest.raises(ValueError, match="1 thread"):
+        check_clock("cpu", torch.device("cpu"), 2)
+    with pytest.raises(ValueError, match="unknown clock"):
+        check_clock("tsc", torch.device("cpu"), 1)
+
+
 def test_exponent_fit_on_synthetic_times():
     T = np.array([256, 1024, 4096, 8192])
     rng = np.random.default_rng(0)
@@ -144,7 +176,7 @@ def test_throughput_softmax_and_linear_attention(tmp_path):
         assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
         assert r["exponent"] is not None and math.isfinite(r["exponent"])
         assert r["x_base"] is not None and r["x_base"] > 0
-        assert r["threads"] == 1 and r["session"]
+        assert r["threads"] == 1 and r["session"] and r["clock"] == "cpu"
     assert all(r["x_base"] == 1.0 for r in rows if r["candidate"] == "softmax")
     # decode: the KV cache is grown to each T; a constant-size state is not stepped past the first T
     held = {(r["candidate"], r["seq_len"]): r["state_tokens"] for r in rows if r["pass"] == "step"}
@@ -199,8 +231,13 @@ def test_baseline_remeasured_when_anything_else_is(tmp_path, monkeypatch):
 
 
 def test_skipped_rows_carry_reasons(fakes):
-    cfg = ThroughputConfig(
-        seq_lens=(8, 32, 4096), dtypes=("float32", "bfloat16"), time_cap=0.05, baseline=None, **TINY
+    cfg = ThroughputConfig(  # wall clock: the sleepy candidate's time is sleep, which CPU time ignores
+        seq_lens=(8, 32, 4096),
+        dtypes=("float32", "bfloat16"),
+        time_cap=0.05,
+        baseline=None,
+        clock="wall",
+        **TINY,
     )
     rows = run_throughput(["_bench-sleepy", "_bench-failing", "_bench-cuda-only", "_bench-fp32-only"], cfg)
 
@@ -223,7 +260,9 @@ def test_skipped_rows_carry_reasons(fakes):
 
 
 def test_time_cap_on_a_measured_call(fakes):
-    cfg = ThroughputConfig(seq_lens=(64,), passes=("fwd",), time_cap=0.001, baseline=None, **TINY)
+    cfg = ThroughputConfig(
+        seq_lens=(64,), passes=("fwd",), time_cap=0.001, baseline=None, clock="wall", **TINY
+    )
     (row,) = run_throughput(["_bench-sleepy"], cfg)  # one call sleeps ~13 ms
     assert row["status"] == "skipped" and "call took" in row["reason"] and "time cap" in row["reason"]
 

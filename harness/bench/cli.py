@@ -66,6 +66,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_clock(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        help="CPU timing clock: the thread's CPU time (default with 1 thread: other jobs do not count) or wall",
+    )
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--candidate",
@@ -102,6 +110,7 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_selection(p)
     _add_common(p)
+    _add_clock(p)
     p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
     p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
     p.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timed calls per shape")
@@ -140,6 +149,7 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     _add_common(p)
+    _add_clock(p)
     p.add_argument("--families", type=_names, help="comma-separated subset of dense,resolvent,deltanet")
     p.add_argument("--state-sizes", type=_ints, help="dense family: state sizes N (default 16,64)")
     p.add_argument("--chunk-size", type=int, default=64)
@@ -194,6 +204,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         time_cap=args.time_cap,
         min_run_time=args.min_run_time,
         threads=args.threads,
+        clock=args.clock,
         baseline=None if args.baseline in ("", "none") else args.baseline,
         force=args.force,
         progress=not args.no_progress,
@@ -264,6 +275,7 @@ def cmd_scans(args: argparse.Namespace) -> int:
         time_cap=args.time_cap,
         min_run_time=args.min_run_time,
         threads=args.threads,
+        clock=args.clock,
         force=args.force,
         progress=not args.no_progress,
         **kw,

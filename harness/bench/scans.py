@@ -44,13 +44,22 @@ from harness.bench.common import (
     short_error,
 )
 from harness.bench.numerics import max_abs, rms_ratio
-from harness.bench.timing import sync, time_cpu, time_cuda, time_once
+from harness.bench.timing import (
+    check_clock,
+    clock_function,
+    default_clock,
+    runs_on_calling_thread,
+    sync,
+    time_cpu,
+    time_cuda,
+    time_once,
+)
 from harness.kernels import resolvent as resolvent_mod
 from harness.kernels import scan_algorithms as scan_mod
 from harness.kernels import wy_vs_ssd as wy_mod
 from harness.results import RecordStore
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: the clock is part of the method
 FAMILIES = ("dense", "resolvent", "deltanet")
 
 
@@ -73,6 +82,7 @@ class ScansConfig:
     min_run_time: float = 0.2
     min_samples: int = 5
     threads: int | None = None
+    clock: str | None = None  # "cpu" (thread CPU time) or "wall"; None: cpu for 1-thread CPU runs
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -82,12 +92,14 @@ class ScansConfig:
         for f in self.families:
             if f not in FAMILIES:
                 raise ValueError(f"unknown scans family {f!r}; allowed: {', '.join(FAMILIES)}")
+        threads = self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1)
         return ScansConfig(
             **{
                 **asdict(self),
                 "device": str(dev),
                 "dtypes": tuple(dtype_name(parse_dtype(d)) for d in self.dtypes),
-                "threads": self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1),
+                "threads": threads,
+                "clock": check_clock(self.clock or default_clock(dev, threads), dev, threads),
             }
         )
 
@@ -309,6 +321,7 @@ def _run_problem(
             "dtype": dtype_str,
             "seed": cfg.seed,
             "source_hash": src_hash,
+            "clock": cfg.clock,
             **device_identity(device, cfg.threads),
         }
         cached = writer.cached(identity, cfg.force)
@@ -336,9 +349,15 @@ def _run_problem(
 
 def _measure(case: _Case, ref: torch.Tensor, cfg: ScansConfig, device) -> dict[str, Any]:
     counts: dict[str, Any] = {}
+    clock = "cuda-events"
     with torch.no_grad():
         with scan_mod.count_ops() as c:
-            first = time_once(case.run, device)
+            if device.type == "cpu":
+                on_thread, wall, thread = runs_on_calling_thread(case.run)
+                clock = cfg.clock if on_thread else "wall"
+                first = thread if clock == "cpu" else wall
+            else:
+                first = wall = time_once(case.run, device)
         if case.count_ops:
             counts = {"matmat": c.matmat, "matvec": c.matvec}
         if first > 10 * cfg.time_cap:
@@ -346,15 +365,18 @@ def _measure(case: _Case, ref: torch.Tensor, cfg: ScansConfig, device) -> dict[s
                 "status": "skipped",
                 "reason": f"time cap {cfg.time_cap} s: the first call took {first:.3g} s",
             }
+        now = clock_function("wall" if clock == "cuda-events" else clock)
+        t0 = now()
         out = case.run()
         sync(device)
-        call = time_once(case.run, device)
+        call = now() - t0
         if call > cfg.time_cap:
             return {"status": "skipped", "reason": f"time cap {cfg.time_cap} s: one call took {call:.3g} s"}
         if device.type == "cuda":
             stats = time_cuda(case.run)
         else:
-            stats = time_cpu(case.run, cfg.threads, call, cfg.min_run_time, cfg.min_samples)
+            estimate = max(call, min(wall, 10 * call))  # block size from wall time: see time_cpu
+            stats = time_cpu(case.run, cfg.threads, estimate, cfg.min_run_time, cfg.min_samples, clock=clock)
     return counts | {
         "rel_err": rms_ratio(out, ref),
         "max_abs": max_abs(out, ref),
@@ -363,6 +385,7 @@ def _measure(case: _Case, ref: torch.Tensor, cfg: ScansConfig, device) -> dict[s
         "p80_s": stats.p80,
         "n_samples": stats.n,
         "timing_method": stats.method,
+        "clock": clock,
     }
 
 

@@ -6,6 +6,11 @@ timed after warmup (see ``harness.bench.timing`` for the method: ``torch.utils.b
 call, tokens/s, and the peak extra memory of one call. On CUDA the FLOPs of one call
 (``torch.utils.flop_counter``) give achieved TFLOP/s and the fraction of the device's peak.
 
+Clock: on CPU with one thread (the default there) times are the measuring thread's CPU time
+(``time.thread_time``), not wall time, so other jobs on a shared machine do not inflate them; the time
+cap is judged on the same clock. If a call's work turns out to run on other threads, that shape falls
+back to wall time (the row's ``clock`` says which). ``clock="wall"`` forces wall time.
+
 The passes:
 
 - ``fwd``: the implementation under ``torch.no_grad()`` (inference), module in eval mode;
@@ -52,10 +57,13 @@ from harness.bench.common import (
     short_error,
 )
 from harness.bench.timing import (
+    check_clock,
     count_flops,
+    default_clock,
     fit_exponent,
     peak_memory_bytes,
     peak_tflops,
+    runs_on_calling_thread,
     time_cpu,
     time_cuda,
     time_once,
@@ -64,7 +72,7 @@ from harness.mixer import state_bytes
 from harness.registry import get_candidate
 from harness.results import RecordStore
 
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: the clock is part of the method (thread CPU time by default on CPU)
 PASSES = ("fwd", "fwd_bwd", "step")
 CPU_SEQ_LENS = (256, 1024, 4096, 8192)
 CUDA_SEQ_LENS = (1024, 4096, 16384, 65536)
@@ -86,6 +94,7 @@ class ThroughputConfig:
     min_run_time: float = 0.1
     min_samples: int = 5
     threads: int | None = None  # torch threads; None: 1 on CPU (stable on a shared machine), else torch's
+    clock: str | None = None  # "cpu" (thread CPU time) or "wall"; None: cpu for 1-thread CPU runs
     baseline: str | None = "softmax"
     force: bool = False
     progress: bool = True
@@ -102,6 +111,8 @@ class ThroughputConfig:
             )
         cap = self.time_cap if self.time_cap is not None else (10.0 if dev.type == "cuda" else 1.0)
         dtypes = tuple(dtype_name(parse_dtype(d)) for d in self.dtypes)
+        threads = self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1)
+        clock = check_clock(self.clock or default_clock(dev, threads), dev, threads)
         return ThroughputConfig(
             **{
                 **asdict(self),
@@ -109,7 +120,8 @@ class ThroughputConfig:
                 "seq_lens": seq,
                 "time_cap": cap,
                 "dtypes": dtypes,
-                "threads": self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1),
+                "threads": threads,
+                "clock": clock,
             }
         )
 
@@ -176,6 +188,7 @@ def _identity(name: str, cfg: ThroughputConfig, dtype: str, p: str, impl: str, T
         "seq_len": T,
         "d_model": cfg.d_model,
         "dtype": dtype,
+        "clock": cfg.clock,
         **device_identity(device, cfg.threads),
     }
 
@@ -394,10 +407,21 @@ class _CandidateRunner:
             if why:
                 return {"status": "skipped", "reason": why}
         fn, grads, tokens = self._make_fn(p, impl, T)
-        first = time_once(fn, self.device)  # warmup; includes one-time costs (compilation, caches)
-        if first > 10 * cap:  # the first call may carry one-time costs; this one is hopeless anyway
+        # warmup; includes one-time costs (compilation, caches). On CPU it also checks that the work
+        # runs on this thread: otherwise thread CPU time would miss it and wall time is used.
+        clock = "cuda-events"
+        if self.device.type == "cpu":
+            on_thread, wall, thread = runs_on_calling_thread(fn)
+            clock = self.cfg.clock if on_thread else "wall"
+            first = thread if clock == "cpu" else wall
+        else:
+            first = time_once(fn, self.device)
+        if first > 10 * cap:  # this one is hopeless anyway
             return {"status": "skipped", "reason": f"time cap {cap} s: the first call took {first:.3g} s"}
-        peak, mem_method, call = peak_memory_bytes(fn, self.device)  # the second call, timed as well
+        # the second call: peak memory, and its time (by the clock) for the cap and the block size
+        peak, mem_method, call = peak_memory_bytes(
+            fn, self.device, "wall" if clock == "cuda-events" else clock
+        )
         if call > cap:
             return {"status": "skipped", "reason": f"time cap {cap} s: one call took {call:.3g} s"}
         out: dict[str, Any] = {"peak_mem_bytes": peak, "mem_method": mem_method}
@@ -408,7 +432,9 @@ class _CandidateRunner:
             stats = time_cuda(fn, grad_to_none=grads)
         else:
             flops = None
-            stats = time_cpu(fn, self.cfg.threads, call, self.cfg.min_run_time, self.cfg.min_samples)
+            stats = time_cpu(
+                fn, self.cfg.threads, call, self.cfg.min_run_time, self.cfg.min_samples, clock=clock
+            )
         self.model.zero_grad(set_to_none=True)
         out |= {
             "median_s": stats.median,
@@ -416,6 +442,7 @@ class _CandidateRunner:
             "p80_s": stats.p80,
             "n_samples": stats.n,
             "timing_method": stats.method,
+            "clock": clock,
             "tokens_per_call": tokens,
             "tokens_per_s": tokens / stats.median,
             "flops": flops,
