@@ -182,6 +182,14 @@ def block_scan_chunk(
     eye = torch.eye(L, dtype=cdt, device=q.device)[:, :, None]
     X0, X1 = k0.unsqueeze(4) * eye, k1.unsqueeze(4) * eye  # X[s, s] = k_s
     step = 1
+    if L > 1:  # the first level in closed form: X[t - 1, t] = A_t k_{t-1} (on [.., L, m], not [.., L, L, m])
+        k0s, k1s = _shift(k0, 1, 3), _shift(k1, 1, 3)
+        sup = torch.diag(torch.ones(L - 1, dtype=cdt, device=q.device), 1)[:, :, None]  # ones at (s, s + 1)
+        X0 = X0 + (a * k0s + b * k1s).unsqueeze(3) * sup
+        X1 = X1 + (c * k0s + d * k1s).unsqueeze(3) * sup
+        ae, be, ce, de = _shift(a, 1, 3, 1.0), _shift(b, 1, 3), _shift(c, 1, 3), _shift(d, 1, 3, 1.0)
+        a, b, c, d = a * ae + b * ce, a * be + b * de, c * ae + d * ce, c * be + d * de
+        step = 2
     while step < L:  # Hillis-Steele along t: (later o earlier), earlier = position t - step
         s0, s1 = _shift(X0, step, 4), _shift(X1, step, 4)
         ae, be, ce, de = (
