@@ -25,6 +25,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness import register_candidate
 from harness.kernels.dense_scan import dense_scan
 from harness.kernels.fourier import (
     circulant_matrix,
@@ -34,9 +37,6 @@ from harness.kernels.fourier import (
     n_bins,
     self_conjugate_mask,
 )
-from torch import Tensor, nn
-
-from harness import register_candidate
 
 from ._transition import TransitionMixer
 
@@ -141,8 +141,8 @@ class CayleyCirculantMixer(_CirculantBase):
 
     ``S_t``'s eigenvalues are ``i omega_j`` with ``omega`` odd (``omega_{n-j} = -omega_j``, zero on the
     self-conjugate bins), so ``Q_t`` is an exactly orthogonal circulant with eigenvalues
-    ``(1 - i omega_j) / (1 + i omega_j) = e^{-2 i atan(omega_j)}`` (computed in that closed form:
-    no matrix inverse). ``omega_t = W_w x_t + b_w`` on the ``b // 2 - 1`` free bins (proposal 027's
+    ``(1 - i omega_j) / (1 + i omega_j) = e^{-2 i atan(omega_j)}``, handed to the kernel as magnitude 1
+    and phase ``-2 atan(omega_j)``: no matrix inverse, no complex arithmetic. ``omega_t = W_w x_t + b_w`` on the ``b // 2 - 1`` free bins (proposal 027's
     ``floor(n/2)`` parameters less the Nyquist bin, which a real skew-symmetric circulant forces to 0).
 
     Forgetting (our choice, ``decay_gate=True``): a scalar gate per head and step,

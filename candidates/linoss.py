@@ -31,10 +31,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.oscillatory import block_scan, linoss_im_blocks
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels.oscillatory import block_scan, linoss_im_blocks
 
 from ._transition import TransitionMixer
 

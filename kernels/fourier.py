@@ -23,9 +23,10 @@ that parameterises eigenvalues in polar form skip complex arithmetic altogether)
   (kernels/diag_scan.py, chunkwise) over ``[Re, Im]`` channels with decays ``|lam|``. Self-conjugate
   bins have a real (possibly negative) eigenvalue and a real spectrum: they keep one channel and
   their signed eigenvalue as the decay. So the real scan has exactly ``N`` channels (the rfft is a
-  real-linear bijection of R^b): no complex arithmetic, the same state size as ``h``. For the small
-  blocks used here (``b <= 64``) the transforms are real ``b x b`` DFT matrices applied by one matmul
-  (cheaper on CPU than FFT calls plus complex elementwise ops; the same numbers).
+  real-linear bijection of R^b): no complex arithmetic, the same state size as ``h``. The transforms
+  are real DFT matrices (``dft_matrices``) applied by one matmul: ``O(b^2)`` per step instead of an
+  FFT's ``O(b log b)``, which for the small blocks of this group (``b = 16``) is cheaper on CPU than
+  FFT calls plus complex elementwise ops (the same numbers; large blocks would want ``torch.fft``).
   ``Phi`` is a running sum over the whole sequence (phases reduced mod 2 pi first); its rounding
   error grows like ``T * eps * |Phi|``, as in RoPE.
 - ``impl="recurrent"``: the reference, entirely in the real basis: each ``C_t`` materialised as a real

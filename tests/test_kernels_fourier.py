@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+
+from harness import get_candidate
 from harness.kernels.fourier import (
     circulant_eigenvalues,
     circulant_from_eigenvalues,
@@ -19,8 +21,6 @@ from harness.kernels.fourier import (
     self_conjugate_mask,
 )
 from harness.kernels.oscillatory import block_powers, block_scan, linoss_im_blocks
-
-from harness import get_candidate
 
 F64 = torch.float64
 
