@@ -27,8 +27,8 @@ that parameterises eigenvalues in polar form skip complex arithmetic altogether)
   are real DFT matrices (``dft_matrices``) applied by one matmul: ``O(b^2)`` per step instead of an
   FFT's ``O(b log b)``, which for the small blocks of this group (``b = 16``) is cheaper on CPU than
   FFT calls plus complex elementwise ops (the same numbers; large blocks would want ``torch.fft``).
-  ``Phi`` is a running sum over the whole sequence (phases reduced mod 2 pi first); its rounding
-  error grows like ``T * eps * |Phi|``, as in RoPE.
+  ``Phi`` is a running sum over the whole sequence, accumulated in float64 (phases reduced mod
+  2 pi before and after), so its rounding stays at float64 level even for float32 inputs.
 - ``impl="recurrent"``: the reference, entirely in the real basis: each ``C_t`` materialised as a real
   ``b x b`` matrix from ``irfft(lam_t)`` and applied by a matmul, one step at a time. No transform of
   the state, no Parseval: an independent check of the Fourier-domain algebra.
@@ -236,8 +236,10 @@ def circulant_scan_chunk(
     Kf = k.unflatten(-1, (nblk, b)) @ fwd
     Qr, Qi, Kr, Ki = Qf[..., :nb], Qf[..., nb:], Kf[..., :nb], Kf[..., nb:]
     # running phase of the complex bins only (the self-conjugate bins carry their sign in the decay)
-    phi = torch.remainder(theta[..., 1:hi], 2 * math.pi).cumsum(dim=1)
-    c, s = torch.cos(phi), torch.sin(phi)
+    # accumulated in float64 whatever the compute dtype: a float32 running sum drifts like T eps |Phi|
+    phi = torch.remainder(theta[..., 1:hi].double(), 2 * math.pi).cumsum(dim=1)
+    phi = torch.remainder(phi, 2 * math.pi)
+    c, s = torch.cos(phi).to(cdt), torch.sin(phi).to(cdt)
     w = 2.0 / b  # Parseval weight of a complex bin; self-conjugate bins weigh 1 / b
     # z = conj(Q) e^{i Phi}, u = K e^{-i Phi}; readout Re(z u) = Re z Re u - Im z Im u
     Qr_c, Qi_c, Kr_c, Ki_c = Qr[..., 1:hi], Qi[..., 1:hi], Kr[..., 1:hi], Ki[..., 1:hi]
