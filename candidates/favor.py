@@ -6,9 +6,9 @@ features whose inner products estimate the softmax kernel ``exp(q . k / sqrt(d))
 causal linear attention over them (kernels/linear_attn.py), normalised by ``phi(q) . sum_s phi(k_s)``
 (a value column of ones, as in ``linear-attention``). The feature maps are in kernels/feature_maps.py.
 
-- ``favor-plus``: dense ``W [m, d]``, orthogonal random features (blocks of ``d`` orthogonal rows
+- ``favor+``: dense ``W [m, d]``, orthogonal random features (blocks of ``d`` orthogonal rows
   with chi(d) norms).
-- ``circulant-favor-plus``: ``W`` = stacked blocks ``circ(c_b) diag(s)`` applied by real FFT,
+- ``circulant-favor+``: ``W`` = stacked blocks ``circ(c_b) diag(s)`` applied by real FFT,
   ``O(m log d)`` per token instead of ``O(m d)``; stored as ``c`` and ``s`` (``m + d`` numbers, not
   ``m d``). One sign diagonal shared by the blocks (the seed leaves it open): ``s * x`` is transformed
   once per token, and every row is still marginally N(0, I).
@@ -17,8 +17,8 @@ Choices where the sources leave them open: the projection is drawn once from ``f
 as a buffer (no redrawing: the Performer's periodic redraw would make runs depend on the step count),
 shared by all heads of a layer; ``m = n_features = 32`` (Performer suggests ``m ~ d log d``, 44 for
 d = 16; 64 costs ~3x softmax on the quick tier's CPU, 32 under 2x: ``--set n_features=64`` for more);
-no positional encoding (like ``linear-attention``). The names are ``favor-plus`` because the registry
-reserves ``+`` for modifiers (``favor-plus+gate`` is the gated one). Stabilisers: queries by their
+no positional encoding (like ``linear-attention``). The gated form is ``favor+ +gate`` written
+``favor++gate`` (the registry splits a modifier at the last ``+``). Stabilisers: queries by their
 per-token max, keys by the constant ``max_i |w_i|^2 / 2``, which bounds every key feature by 1 for
 any input; both cancel in the normaliser, which is floored at the smallest normal number (no
 additive eps, which would bias small-magnitude features). Half-precision inputs are computed in fp32.
@@ -27,6 +27,9 @@ additive eps, which would bias small-magnitude features). Half-precision inputs 
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
+from harness import Mixer, register_candidate
 from harness.kernels.feature_maps import (
     circulant_params,
     circulant_project,
@@ -34,21 +37,18 @@ from harness.kernels.feature_maps import (
     orthogonal_gaussian,
 )
 from harness.kernels.linear_attn import linear_attention
-from torch import Tensor, nn
-
-from harness import Mixer, register_candidate
 
 PROJECTIONS = ("dense", "circulant")
 
 
 @register_candidate(
-    "favor-plus",
+    "favor+",
     groups=("attention",),
     reference="Choromanski et al. 2021, Performer FAVOR+ (positive orthogonal random features)",
     projection="dense",
 )
 @register_candidate(
-    "circulant-favor-plus",
+    "circulant-favor+",
     groups=("attention",),
     reference="seed proposal 029: circulant FAVOR+ (circulant x random-sign projection by FFT)",
     projection="circulant",

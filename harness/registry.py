@@ -312,22 +312,28 @@ _HASH_CACHE: dict[str, str] = {}
 
 
 def source_hash_of(cls: type) -> str:
-    """sha256 (16 hex) over the source of ``cls``'s module and every ``harness.kernels`` module.
+    """sha256 (16 hex) over the source of every module in ``cls``'s MRO outside torch and the
+    standard library (the candidate, its shared base such as the transitions shell, the wrapped
+    candidate of a modifier) plus every ``harness.kernels`` module.
 
     Kernels are included because candidates call them: a kernel fix must invalidate results.
     """
-    module = inspect.getmodule(cls)
     key = qualname(cls)
     if key in _HASH_CACHE:
         return _HASH_CACHE[key]
-    h = hashlib.sha256()
-    files: list[Path] = []
-    if module is not None and getattr(module, "__file__", None):
-        files.append(Path(module.__file__))
     import harness.kernels as kernels_pkg
 
+    files: list[Path] = []
+    for klass in cls.__mro__:
+        module = inspect.getmodule(klass)
+        path = getattr(module, "__file__", None)
+        if not path or klass.__module__.split(".")[0] in ("torch", "builtins", "abc", "typing"):
+            continue
+        if Path(path) not in files:
+            files.append(Path(path))
     kernel_dir = Path(kernels_pkg.__file__).parent
     files.extend(sorted(kernel_dir.glob("*.py")))
+    h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
