@@ -9,10 +9,12 @@ point names a module (importing it registers) or a callable (called with no argu
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -311,30 +313,62 @@ def group_members(group: str) -> list[str]:
 _HASH_CACHE: dict[str, str] = {}
 
 
-def source_hash_of(cls: type) -> str:
-    """sha256 (16 hex) over the source of every module in ``cls``'s MRO outside torch and the
-    standard library (the candidate, its shared base such as the transitions shell, the wrapped
-    candidate of a modifier) plus every ``harness.kernels`` module.
+_TRACKED_PREFIXES = ("harness.kernels", "harness.candidates", "harness.mixer")
 
-    Kernels are included because candidates call them: a kernel fix must invalidate results.
-    """
+
+def _imported_modules(module_name: str) -> list[str]:
+    """Module names a module imports (absolute, relative resolved), from its source's AST."""
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return []
+    package = module_name if Path(path).name == "__init__.py" else module_name.rpartition(".")[0]
+    names: list[str] = []
+    for node in ast.walk(ast.parse(Path(path).read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names.append(base)
+            names.extend(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return [n for n in names if n in sys.modules]
+
+
+def source_files_of(cls: type) -> list[Path]:
+    """The source files a candidate's numbers depend on: every module of its MRO outside torch and
+    the standard library (the candidate, a shared base such as the transitions shell, the wrapped
+    candidate of a modifier) and, transitively, the ``harness.kernels`` / ``harness.candidates``
+    modules they import. Unrelated kernels are left out, so editing one kernel does not invalidate
+    the stored results of candidates that never call it."""
+    roots = [k.__module__ for k in cls.__mro__]
+    todo = [m for m in roots if m.split(".")[0] not in ("builtins", "abc", "typing", "torch")]
+    seen: list[str] = []
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.append(name)
+        todo.extend(m for m in _imported_modules(name) if m.startswith(_TRACKED_PREFIXES))
+    files = []
+    for name in seen:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if path and Path(path) not in files:
+            files.append(Path(path))
+    return sorted(files)
+
+
+def source_hash_of(cls: type) -> str:
+    """sha256 (16 hex) over ``source_files_of(cls)``: editing a candidate or a kernel it calls
+    changes the hash, so stored results of that candidate are not reused."""
     key = qualname(cls)
     if key in _HASH_CACHE:
         return _HASH_CACHE[key]
-    import harness.kernels as kernels_pkg
-
-    files: list[Path] = []
-    for klass in cls.__mro__:
-        module = inspect.getmodule(klass)
-        path = getattr(module, "__file__", None)
-        if not path or klass.__module__.split(".")[0] in ("torch", "builtins", "abc", "typing"):
-            continue
-        if Path(path) not in files:
-            files.append(Path(path))
-    kernel_dir = Path(kernels_pkg.__file__).parent
-    files.extend(sorted(kernel_dir.glob("*.py")))
     h = hashlib.sha256()
-    for f in files:
+    for f in source_files_of(cls):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     _HASH_CACHE[key] = h.hexdigest()[:16]

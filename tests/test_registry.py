@@ -46,3 +46,11 @@ def test_every_group_member_resolves():
     for group, members in registry.groups().items():
         for name in members:
             assert registry.get_candidate(name).name == name, group
+
+
+def test_source_files_follow_imports_not_the_whole_kernels_folder():
+    names = {f.name for f in registry.source_files_of(registry.get_candidate("diagonal").cls)}
+    assert {"diagonal.py", "_transition.py", "diag_scan.py", "mixer.py"} <= names
+    assert "delta_rule.py" not in names and "softmax.py" not in names
+    gated = {f.name for f in registry.source_files_of(registry.get_candidate("diagonal+gate").cls)}
+    assert {"readout_gate.py", "fused_gate.py", "diagonal.py", "diag_scan.py"} <= gated
