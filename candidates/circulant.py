@@ -329,7 +329,11 @@ class NeumannOrthogonalMixer(TransitionMixer):
         norm = math.sqrt(2.0) * upper.norm(dim=-1, keepdim=True)  # ||S||_F from the upper triangle
         upper = upper * (self.rho_max / norm.clamp_min(self.rho_max))
         # one gather from [0, u, -u] places u above, -u below the diagonal, 0 on it
-        return torch.cat([torch.zeros_like(upper[..., :1]), upper, -upper], dim=-1)[..., self.skew_index]
+        ext = torch.cat([torch.zeros_like(upper[..., :1]), upper, -upper], dim=-1)
+        N = self.d_state
+        return torch.gather(ext, -1, self.skew_index.flatten().expand(*ext.shape[:-1], N * N)).unflatten(
+            -1, (N, N)
+        )
 
     def gamma(self, x: Tensor) -> Tensor | None:
         return _gate(_lin32(self.g_proj, x), self.gate_temperature) if self.decay_gate else None
