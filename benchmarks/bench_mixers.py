@@ -3,8 +3,9 @@
 One class per registered candidate (asv name ``bench_mixers.<candidate>.<benchmark>``, the
 candidate name with non-identifier characters replaced by ``_``), each over T in {256, 1024} at
 d_model 64, batch 1, float32, on CUDA when available (``HARNESS_ASV_DEVICE`` overrides), else on
-CPU with one thread. Candidates that need CUDA are skipped on CPU. ``setup`` builds the mixer and
-runs one forward+backward, so even a ``--quick`` run (one sample) times a warmed-up call.
+CPU with one thread, timed in CPU time (see ``_common.synced_timer``). Candidates that need CUDA
+are skipped on CPU. ``setup`` builds the mixer and runs one forward+backward, so even a ``--quick``
+run (one sample) times a warmed-up call.
 
 ``peakmem_forward`` is asv's measure: the benchmark process's peak resident memory (it includes the
 interpreter and torch, so differences between candidates and commits are what it shows; on CUDA it

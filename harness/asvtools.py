@@ -255,25 +255,20 @@ class AsvProject:
             args.append("--show-stderr")
         for b in bench or ():
             args += ["-b", b]
-        env = dict(os.environ)
-        env[DEVICE_ENV] = device
-        # asv's benchmark runner removes PYTHONPATH's entries from sys.path and puts ASV_PYTHONPATH's
-        # first instead: the other commit's import root goes there (and a user's PYTHONPATH is kept).
-        paths = [str(import_root)] if import_root is not None else []
-        for var in ("ASV_PYTHONPATH", "PYTHONPATH"):
-            paths += [p for p in env.get(var, "").split(os.pathsep) if p]
-        if paths:
-            env["ASV_PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env = benchmark_env(import_root, device)
         return self.asv(args, env=env, capture=capture, timeout=timeout)
 
-    def discover(self, machine: str, capture: bool = False) -> subprocess.CompletedProcess:
-        """Rewrite ``benchmarks.json`` from the current tree's suite (asv's ``just-discover``).
+    def discover(
+        self, machine: str, import_root: Path | None = None, capture: bool = False
+    ) -> subprocess.CompletedProcess:
+        """Rewrite ``benchmarks.json`` (asv's ``just-discover``), with a commit's packages if given.
 
-        asv writes the suite it discovered at every run; after measuring older commits (whose
-        registries had fewer candidates) this puts the current suite back, so ``publish`` shows it.
+        asv writes the suite it discovered at every run, and the suite is generated from the
+        registry of the code it imports; ``publish`` shows only what ``benchmarks.json`` lists. After
+        a backfill this makes it the suite of the newest commit measured.
         """
         args = ["run", "-E", f"existing:{sys.executable}", "-m", machine, "--bench", "just-discover"]
-        return self.asv(args, capture=capture)
+        return self.asv(args, env=benchmark_env(import_root), capture=capture)
 
     def result_files(self, machine: str, commit: str) -> list[Path]:
         length = int(self.conf.get("hash_length", 8))
@@ -304,6 +299,22 @@ class AsvProject:
         args = ["compare", "--factor", str(factor), "--split", "-m", machine, rev1, rev2]
         proc = self.asv(args, capture=True)
         return parse_compare(proc.stdout), proc
+
+
+def benchmark_env(import_root: Path | None = None, device: str = "auto") -> dict[str, str]:
+    """The environment of asv's benchmark processes: device, and another commit's packages first.
+
+    asv's benchmark runner removes PYTHONPATH's entries from ``sys.path`` and puts ASV_PYTHONPATH's
+    first instead: the other commit's import root goes there (and a user's PYTHONPATH is kept).
+    """
+    env = dict(os.environ)
+    env[DEVICE_ENV] = device
+    paths = [str(import_root)] if import_root is not None else []
+    for var in ("ASV_PYTHONPATH", "PYTHONPATH"):
+        paths += [p for p in env.get(var, "").split(os.pathsep) if p]
+    if paths:
+        env["ASV_PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
 
 
 ASSETS_DIR = Path(__file__).parent / "report_assets"
@@ -344,6 +355,24 @@ def localize_report(html_dir: Path) -> list[str]:
         if new != text:
             page.write_text(new)
     return sorted(set(left))
+
+
+def prune_unmeasured(html_dir: Path) -> list[str]:
+    """Drop benchmarks without any result from the report's index; returns their names.
+
+    asv lists every benchmark of ``benchmarks.json`` on its summary page and fetches a graph for
+    each, so a history recorded for a subset (``--bench``) would show empty tiles and 404s for the
+    rest. Benchmarks with results have a summary graph file; the others are removed from index.json.
+    """
+    index_path = html_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    summary = html_dir / "graphs" / "summary"
+    gone = [name for name in index.get("benchmarks", {}) if not (summary / f"{name}.json").exists()]
+    if gone:
+        for name in gone:
+            del index["benchmarks"][name]
+        index_path.write_text(json.dumps(index))
+    return gone
 
 
 def last_lines(text: str | None, n: int = 30) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.asvtools import AsvError, AsvProject, last_lines, localize_report
+from harness.asvtools import AsvError, AsvProject, last_lines, localize_report, prune_unmeasured
 from harness.worktree import GitError, checkout, git, is_dirty, revisions
 
 
@@ -126,10 +126,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         outcome = _outcome(proc, project, machine, sha)
         worst = max(worst, {"ok": 0, "some benchmarks failed": 1}.get(outcome, 2))
         rows.append([sha[:8], subject, outcome, f"{time.perf_counter() - t0:.0f} s"])
-    disc = project.discover(machine, capture=True)
+    with checkout(project.repo, shas[-1]) as co:  # benchmarks.json: the newest measured commit's suite
+        disc = project.discover(machine, import_root=co.import_root, capture=True)
     if disc.returncode != 0:
         print(
-            f"warning: re-discovering the current suite failed:\n{last_lines(disc.stdout)}", file=sys.stderr
+            f"warning: discovering the suite of {shas[-1][:8]} failed:\n{last_lines(disc.stdout)}",
+            file=sys.stderr,
         )
         worst = max(worst, 2)
     print(tabulate(rows, headers=["commit", "subject", "outcome", "time"], tablefmt="simple"))
@@ -145,6 +147,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if proc.returncode != 0 or not (html / "index.html").exists():
         print(last_lines(proc.stdout + proc.stderr), file=sys.stderr)
         raise HistoryError(f"asv publish failed (exit {proc.returncode})")
+    gone = prune_unmeasured(html)
+    if gone:
+        print(f"{len(gone)} benchmark(s) without results left out of the report", file=sys.stderr)
     if not getattr(args, "cdn", False):
         left = localize_report(html)
         if left:

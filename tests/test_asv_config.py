@@ -356,3 +356,35 @@ def test_import_root_mirrors_package_dir(tmp_path):
     imp = build_import_root(ROOT, tmp_path / "imp2")
     assert (imp / "harness" / "candidates").resolve() == (ROOT / "candidates").resolve()
     assert (imp / "harness" / "registry.py").resolve() == (ROOT / "harness" / "registry.py").resolve()
+
+
+# -- the published report ---------------------------------------------------------------------------
+def test_shipped_report_assets_cover_asv_and_match_their_hashes(tmp_path):
+    import hashlib
+
+    from harness.asvtools import ASSETS_DIR, localize_report
+
+    manifest = json.loads((ASSETS_DIR / "assets.json").read_text())["files"]
+    for url, entry in manifest.items():
+        data = (ASSETS_DIR / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], url
+    template = Path(asv.__file__).parent / "www" / "index.html"
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_text(template.read_text())
+    assert localize_report(html) == []  # every script and stylesheet of asv's page is shipped
+    text = (html / "index.html").read_text()
+    assert "integrity=" not in text and "https://cdn" not in text
+    for entry in manifest.values():
+        assert f'"assets/{entry["path"]}"' in text and (html / "assets" / entry["path"]).exists()
+
+
+def test_prune_unmeasured_drops_benchmarks_without_graphs(tmp_path):
+    from harness.asvtools import prune_unmeasured
+
+    (tmp_path / "graphs" / "summary").mkdir(parents=True)
+    (tmp_path / "graphs" / "summary" / "m.a.time_x.json").write_text("[]")
+    index = {"benchmarks": {"m.a.time_x": {}, "m.b.time_x": {}}, "pages": []}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert prune_unmeasured(tmp_path) == ["m.b.time_x"]
+    assert list(json.loads((tmp_path / "index.json").read_text())["benchmarks"]) == ["m.a.time_x"]
