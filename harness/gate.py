@@ -249,7 +249,8 @@ def measure_ab(
         for var in (gw.INJECT_SLOWDOWN_ENV, gw.INJECT_LR_SCALE_ENV):
             base_env.pop(var, None)  # faults are injected into the current side only
         workers = {
-            "base": Worker(f"base ({co.sha[:8]})", base_env, co.tree),
+            # cwd: not the worktree root, whose harness/ folder would shadow the import root
+            "base": Worker(f"base ({co.sha[:8]})", base_env, co.tree.parent),
             "current": Worker("current", dict(os.environ), Path.cwd()),
         }
         try:

@@ -304,10 +304,11 @@ def quality_suite(
 
 # -- identity and the JSON-line server ------------------------------------------------------------------
 def code_identity() -> dict[str, Any]:
-    """Which ``harness`` this process imported (the A/B test checks it is the base's)."""
+    """Which ``harness`` this process imported (the A/B test checks it is the base's, all of it)."""
+    import harness.candidates
+    import harness.kernels
     import harness.registry
 
-    path = os.path.realpath(harness.registry.__file__)
     commit = None
     try:
         from harness.environment import git_commit
@@ -315,7 +316,14 @@ def code_identity() -> dict[str, Any]:
         commit = git_commit()[0]
     except Exception:
         pass
-    return {"registry_file": path, "git_commit": commit, "torch": torch.__version__, "pid": os.getpid()}
+    return {
+        "registry_file": os.path.realpath(harness.registry.__file__),
+        "candidates_dir": os.path.realpath(os.path.dirname(harness.candidates.__file__)),
+        "kernels_dir": os.path.realpath(os.path.dirname(harness.kernels.__file__)),
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "pid": os.getpid(),
+    }
 
 
 def serve(stdin=None, stdout=None) -> None:

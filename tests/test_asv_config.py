@@ -297,6 +297,7 @@ def test_continuous_refuses_the_existing_environment(tiny):
     assert "existing" in (proc.stdout + proc.stderr).lower()
 
 
+@pytest.mark.slow
 def test_backfill_measures_each_commits_own_code_and_compare_gates(tiny, capsys):
     project, machine, shas = tiny
     cfg = str(project.config)
