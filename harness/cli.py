@@ -368,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub) -> None:
     """Command families living in their own packages (benchmarks, history, gates)."""
     from harness.bench.cli import add_bench_commands
+    from harness.gate import add_gate_command
+    from harness.history import add_history_commands
 
     add_bench_commands(sub)
+    add_history_commands(sub)
+    add_gate_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
