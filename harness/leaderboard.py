@@ -37,10 +37,11 @@ def _valid_acc(r: dict[str, Any]) -> float:
     return r["valid"]["token_acc"] if r.get("status") == "ok" else 0.0
 
 
-def _extrap(r: dict[str, Any]) -> float | None:
-    lengths = r.get("test_lengths") or {}
+def _extrap(r: dict[str, Any], has_lengths: bool) -> float | None:
+    """Mean beyond-training-length accuracy; a diverged run scores 0 where the task has lengths."""
     if r.get("status") != "ok":
-        return 0.0 if lengths or r.get("status") == "diverged" else None
+        return 0.0 if has_lengths else None
+    lengths = r.get("test_lengths") or {}
     if not lengths:
         return None
     return sum(v.get("beyond_token_acc", v["token_acc"]) for v in lengths.values()) / len(lengths)
@@ -73,6 +74,7 @@ def aggregate(records: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["candidate", "task", "lr", "seeds", "test", "test_ci", "extrap", "seq", "diverged"]
         )
+    tasks_with_lengths = {r["task"] for r in scored if r.get("status") == "ok" and r.get("test_lengths")}
     rows = []
     for r in scored:
         rows.append(
@@ -84,7 +86,7 @@ def aggregate(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "valid": _valid_acc(r),
                 "test": _test_acc(r),
                 "seq": r["test"]["seq_acc"] if r.get("status") == "ok" else 0.0,
-                "extrap": _extrap(r),
+                "extrap": _extrap(r, r["task"] in tasks_with_lengths),
                 "diverged": r.get("status") == "diverged",
             }
         )

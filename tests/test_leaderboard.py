@@ -72,3 +72,16 @@ def test_modifier_pairs_and_formats():
     assert [r["candidate"] for r in rows] == ["x+gate", "x"]
     with pytest.raises(ValueError, match="unknown format 'yaml'"):
         lb.render(board, ["t"], "yaml")
+
+
+def test_diverged_run_adds_no_extrapolation_column_to_a_task_without_lengths():
+    records = [rec("a", "copy", 0, 1e-3, 0.9, 0.9), rec("b", "copy", 0, 1e-3, 0, 0, status="diverged")]
+    board = lb.build_leaderboard(records, ["a", "b"], ["copy"])
+    assert "copy extrap" not in board.columns
+    lengths = {"64": {"token_acc": 0.9, "seq_acc": 0.1, "beyond_token_acc": 0.7, "beyond_seq_acc": 0.1}}
+    records = [
+        rec("a", "par", 0, 1e-3, 1, 1, lengths=lengths),
+        rec("b", "par", 0, 1e-3, 0, 0, status="diverged"),
+    ]
+    board = lb.build_leaderboard(records, ["a", "b"], ["par"]).set_index("candidate")
+    assert board.loc["b", "par extrap"] == 0.0 and board.loc["a", "par extrap"] == 0.7
