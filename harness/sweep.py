@@ -81,6 +81,19 @@ def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask for SIGTERM when the sweep's process dies, so a killed
+    sweep leaves no orphan trainers behind (their unfinished runs would be lost anyway)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def _execute_spec(spec: RunSpec) -> dict[str, Any]:
     """Worker entry point: resolve in the worker (plug-ins load there too) and train."""
     return execute(resolve(spec))
@@ -92,7 +105,9 @@ def _results_in_order_of_completion(todo: list[ResolvedRun], jobs: int) -> Itera
             yield execute(run)
         return
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_die_with_parent
+    ) as pool:
         pending: set[Future] = set()
         queue = list(todo)
         while queue or pending:
