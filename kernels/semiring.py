@@ -154,7 +154,8 @@ def _safe_range(dtype: torch.dtype) -> float:
 
     The factors are ``exp(x_s - R) >= exp(-range)`` and ``exp(R - lcse_t) <= exp(range)``: at 64 in
     fp32 both are normal numbers (``e^-64 ~ 1.6e-28``) and a query of norm up to ~5e10 times
-    ``e^64`` still fits, so the products keep full relative precision.
+    ``e^64`` still fits, so the products keep full relative precision. The backward must not square
+    a factor (``e^128`` overflows fp32): every intermediate gradient stays within one ``e^range``.
     """
     return 64.0 if dtype == torch.float32 else 600.0
 
@@ -240,8 +241,11 @@ def _log_semiring_chunk(q, k, v, g, initial_state, L, pairwise: bool | None = No
         w = torch.exp(logits.masked_fill(~causal, float("-inf")))
         scores = ((qc * torch.exp(c_new))[..., None] * w).sum(dim=3)  # [B, H, C, t, s]
     else:
-        # exp(x_s - lcse_t) = exp(x_s - ref) / cs_t: one matmul over the state dim
-        left = (qc * torch.exp(c_new) / cs).transpose(-1, -2).contiguous()  # [B, H, C, t, N]
+        # exp(c_new_t) exp(x_s - lcse_t) = exp(x_s - ref) exp(ref + cum_t - l_t): one matmul over the
+        # state dim. The second factor is exp(c_new_t) / cs_t written without the division: autograd's
+        # backward of ``a / cs`` forms ``a / cs**2`` (up to e^(2 * range), past fp32's e^88 at the
+        # tropical candidate's tau_end), where that of an exp of ``<= range`` only reaches e^range.
+        left = (qc * torch.exp(ref + cum - l_pos)).transpose(-1, -2).contiguous()  # [B, H, C, t, N]
         scores = (left @ e).masked_fill(~causal, 0.0)
     o = scores @ vc + (qc * c_old).transpose(-1, -2).contiguous() @ h_start  # [B, H, C, L, P]
     o = _ContiguousGrad.apply(o).permute(0, 2, 3, 1, 4).reshape(B, n_chunks * L, H, P)[:, :T]

@@ -175,6 +175,12 @@ def test_long_sequence_tropical_stable_at_low_temperature():
     _assert_finite_fwd_bwd(
         lambda *a: tropical_scan(*a, tau=0.01, impl="chunk", chunk_size=16), (q, k, v, log_a)
     )
+    # at the caps (the regression below, over T = 16384): scores +-1 and every decay rate 0.25
+    k = torch.where((torch.arange(LONG) % 16 == 15)[None, :, None, None] | (k > 0.9), 1.0, -1.0)
+    log_a = torch.full_like(log_a, -0.25)
+    _assert_finite_fwd_bwd(
+        lambda *a: tropical_scan(*a, tau=0.1, impl="chunk", chunk_size=16), (q, k, v, log_a)
+    )
 
 
 def test_empty_state_and_extreme_decay_do_not_make_nan_gradients():
@@ -197,3 +203,34 @@ def test_bad_shapes_and_impl():
         log_semiring_scan(q, k, v, log_a, impl="scan")
     with pytest.raises(ValueError, match="tau"):
         tropical_scan(q, k, v, log_a, tau=0.0)
+
+
+@pytest.mark.parametrize("impl", ["chunk", "recurrent"])
+def test_tropical_gradients_finite_at_tau_end_with_inputs_at_the_caps(impl):
+    """Regression: the tropical candidate diverged at the end of its tau annealing (tau -> 0.1).
+
+    Scores at the cap (+-1 -> +-10 at tau = 0.1) and every decay at the bound (0.25 -> 2.5 a step)
+    put a chunk's range at ~57, still on the fp32 fast path, where the first positions' normaliser
+    is ~e^-57; dividing by it made autograd form e^114 (inf, then nan) in the backward.
+    """
+    t, tau = 40, 0.1
+    k = torch.full((B, t, H, N), -1.0, dtype=torch.float64)
+    k[:, 15::16] = 1.0  # the max at the end of each chunk, after a run of equal minima
+    log_a = torch.full((B, t, H, N), -0.25, dtype=torch.float64)
+    q, _, v, _ = make(t, seed=5)
+    x = (k[:, :16] - log_a[:, :16].cumsum(1)) / tau  # the first chunk's scores relative to its history
+    spread = (x.amax(1) - x.amin(1)).max()
+    assert 50 < spread <= semiring._safe_range(torch.float32)  # on the fast path, near its edge
+
+    def run(dtype, impl):
+        leaves = [a.to(dtype).requires_grad_(True) for a in (q, k, v, log_a)]
+        o, (m, h) = tropical_scan(*leaves, tau=tau, impl=impl, chunk_size=16)
+        (o.square().mean() + h.square().mean()).backward()
+        return [o, m, h] + [a.grad for a in leaves]
+
+    got = run(torch.float32, impl)
+    for name, a in zip(["o", "m", "h", "dq", "dk", "dv", "dlog_a"], got):
+        assert torch.isfinite(a).all(), f"non-finite {name}"
+    ref = run(torch.float64, "recurrent")
+    for name, a, r in zip(["o", "m", "h", "dq", "dk", "dv", "dlog_a"], got, ref):
+        assert (a.double() - r).norm() <= 1e-4 * r.norm() + 1e-6, name
