@@ -19,6 +19,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.bench.common import parse_dtype
+from harness.bench.numerics import METHOD_VERSION as NUM_VERSION
+from harness.bench.throughput import METHOD_VERSION as TPUT_VERSION
 from harness.bench.timing import fit_exponent
 from harness.environment import device_name as current_device_name
 from harness.registry import RegistryError, get_candidate
@@ -189,7 +191,8 @@ def bench_columns(
     - ``bf16_err``: the parallel form's output RMS ratio against float64 in bfloat16, at
       ``numerics_seq_len`` (default: the longest stored T).
 
-    Records of another machine (``device_name``, default this one's) or an older source are ignored.
+    Records of another machine (``device_name``, default this one's), an older source or an older
+    measurement method are ignored.
     Missing values are NaN.
     """
     batch, seq_len, d_model = ref_shape
@@ -213,8 +216,10 @@ def bench_columns(
     def current(rec: dict[str, Any]) -> bool:
         ident = rec.get("identity", {})
         name = ident.get("candidate")
+        version = {"throughput": TPUT_VERSION, "numerics": NUM_VERSION}.get(rec.get("kind"))
         return (
             name in hashes
+            and ident.get("method_version") == version
             and ident.get("source_hash") == hashes[name]
             and ident.get("device_name") == dname
             and rec.get("result", {}).get("status") == "ok"

@@ -38,6 +38,7 @@ numbers from one process.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -304,6 +305,7 @@ class _CandidateRunner:
                 self.history.setdefault((p, impl), []).append((T, row["median_s"]))
             return row
         row = _base_row(self.name, self.cfg, dtype_str, p, impl, T)
+        w0, c0 = time.perf_counter(), time.thread_time()
         try:
             row |= self._measure(p, impl, T)
         except Exception as e:
@@ -312,6 +314,8 @@ class _CandidateRunner:
             else:
                 row |= {"status": "error", "reason": short_error(e)}
             self._cleanup()
+        # what this row cost: wall and CPU seconds of warmups, state building and timing
+        row |= {"bench_wall_s": time.perf_counter() - w0, "bench_cpu_s": time.thread_time() - c0}
         if row.get("status") == "ok":
             self.history.setdefault((p, impl), []).append((T, row["median_s"]))
         return _finish(row, self.writer, identity, self.cfg)
