@@ -178,8 +178,8 @@ def modifier_pairs(board: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
         row: dict[str, Any] = {"pair": f"{name} vs {base}"}
         for t in tasks:
             if t in by_name.columns:
-                row[f"{t} {base}"] = by_name.at[base, t]
-                row[f"{t} {name.rpartition('+')[2]}"] = by_name.at[name, t]
+                row[f"{t} base"] = by_name.at[base, t]
+                row[f"{t} modified"] = by_name.at[name, t]
                 row[f"{t} diff"] = by_name.at[name, t] - by_name.at[base, t]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -247,13 +247,14 @@ def render(board: pd.DataFrame, tasks: list[str], fmt: str = "table", title: str
     )
     pairs = modifier_pairs(board, tasks)
     if len(pairs):
-        shown_pairs = pairs.copy()
-        for col in shown_pairs.columns[1:]:
-            if col.endswith(" diff"):
-                shown_pairs[col] = shown_pairs[col].map(lambda v: "-" if _isnan(v) else f"{v:+.3f}")
-            else:
-                shown_pairs[col] = shown_pairs[col].map(_fmt_acc)
-        text += "\n\nModifier pairs (test token accuracy; diff = modified - base):\n"
+        shown_pairs = pd.DataFrame({"pair": pairs["pair"]})
+        for t in tasks:
+            if f"{t} diff" in pairs.columns:
+                shown_pairs[t] = [
+                    "-" if _isnan(d) else f"{b:.3f} -> {m:.3f} ({d:+.3f})"
+                    for b, m, d in zip(pairs[f"{t} base"], pairs[f"{t} modified"], pairs[f"{t} diff"])
+                ]
+        text += "\n\nModifier pairs (test token accuracy: base -> modified (modified - base)):\n"
         text += tabulate(
             shown_pairs.values.tolist(),
             headers=list(shown_pairs.columns),
