@@ -26,8 +26,10 @@ from harness.bench.scans import ScansConfig, run_scans
 from harness.bench.throughput import ThroughputConfig, run_throughput
 from harness.bench.timing import (
     check_clock,
+    count_flops,
     fit_exponent,
     peak_memory_bytes,
+    peak_tflops,
     runs_on_calling_thread,
     stats_from,
     time_cpu,
@@ -135,6 +137,17 @@ def test_clocks():
         check_clock("cpu", torch.device("cpu"), 2)
     with pytest.raises(ValueError, match="unknown clock"):
         check_clock("tsc", torch.device("cpu"), 1)
+
+
+def test_flop_count_and_peak_table():
+    a = torch.randn(32, 48)
+    b = torch.randn(48, 16)
+    assert count_flops(lambda: a @ b) == 2 * 32 * 48 * 16
+    assert peak_tflops("NVIDIA H100 80GB HBM3", torch.bfloat16) == (989.4, "H100/bfloat16")
+    assert peak_tflops("NVIDIA H100 PCIe", torch.float32)[0] == 51.2
+    assert peak_tflops("NVIDIA H200", torch.float16)[0] == 989.4
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", torch.float32)[0] == 19.5
+    assert peak_tflops("AMD EPYC", torch.float32) == (None, None)
 
 
 def test_exponent_fit_on_synthetic_times():
@@ -345,8 +358,9 @@ def test_scans_rows_and_table():
     dense = {r["algorithm"]: r for r in rows if r["family"] == "dense" and r["dtype"] == "float32"}
     assert dense["cyclic_reduction"]["matmat"] == 31 and dense["hillis_steele"]["matmat"] == 129
     assert dense["sequential"]["x_seq"] == 1.0 and dense["hillis_steele"]["x_prefix"] == 1.0
-    text = report.render(report.scans_table(rows), "table")
+    text = report.render_scans(rows, "table")
     assert "cyclic_reduction" in text and "neumann k=8" in text and "block_ssd" in text
+    assert text.startswith("dense\n") and "\nresolvent\n" in text and "nan" not in text
 
 
 def test_bench_columns_from_records(tmp_path):

@@ -283,7 +283,7 @@ def cmd_scans(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rows = run_scans(cfg, _store(args))
     _summary(rows, time.perf_counter() - t0, "scans")
-    _emit(args, report.render(report.scans_table(rows), args.format, rows))
+    _emit(args, report.render_scans(rows, args.format))
     return 1 if any(r.get("status") == "error" for r in rows) else 0
 
 

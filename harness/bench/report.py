@@ -115,9 +115,13 @@ def stability_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def scans_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def scans_table(rows: Sequence[dict[str, Any]], family: str | None = None) -> pd.DataFrame:
+    """One frame for the rows of ``family`` (all families if None; columns of one family are then
+    blank on the others' rows)."""
     out = []
     for r in rows:
+        if family is not None and r.get("family") != family:
+            continue
         params = r.get("params") or {}
         shape = ", ".join(f"{k}={r[k]}" for k in ("T", "N", "D", "H") if r.get(k) is not None)
         if r.get("regime"):
@@ -144,7 +148,17 @@ def scans_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
             d |= {"x seq": _f(r.get("x_seq"), ".3g")}
         d["note"] = _note(r)
         out.append(d)
-    return pd.DataFrame(out)
+    return pd.DataFrame(out).fillna("")
+
+
+def render_scans(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+    """Scans rows as one table per family (table / markdown), or all rows (csv / json)."""
+    if fmt in ("csv", "json"):
+        return render(scans_table(rows), fmt, rows)
+    parts = []
+    for fam in dict.fromkeys(r.get("family") for r in rows):
+        parts.append(f"{fam}\n{render(scans_table(rows, fam), fmt)}")
+    return "\n\n".join(parts) if parts else "(no rows)"
 
 
 def render(df: pd.DataFrame, fmt: str = "table", rows: Sequence[dict[str, Any]] | None = None) -> str:
