@@ -266,6 +266,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         candidates = _compare_candidates(args)
     tasks = split_names(args.tasks) or None
     records = lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
+    if not args.all_versions:
+        from harness.sweep import current_records
+
+        records, stale = current_records(records)
+        if stale:
+            print(
+                f"note: {stale} stored records of older code or other settings left out (--all-versions keeps them)",
+                file=sys.stderr,
+            )
     if not records:
         raise CLIError(
             f"no stored {args.tier} records under {store.runs} for that selection; run `harness compare` first"
@@ -354,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.set_defaults(func=cmd_compare)
         else:
+            p.add_argument(
+                "--all-versions",
+                action="store_true",
+                help="also use records of older candidate/engine code (default: only what compare would reuse)",
+            )
             p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("show", help="one stored record, by run id (or a unique prefix)")

@@ -77,6 +77,36 @@ def plan(
     return runs
 
 
+def current_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Records a ``compare`` would reuse today: same id as the run the current code would plan
+    (default hyperparameters, the tier's settings, the candidate's current source). Returns
+    ``(current, n_stale)``; records of unknown candidates or tasks count as stale."""
+    expected: dict[tuple, str | None] = {}
+    current, stale = [], 0
+    for r in records:
+        key = (
+            r.get("candidate"),
+            r.get("task"),
+            r.get("tier"),
+            r.get("seed"),
+            r.get("lr"),
+            r.get("identity", {}).get("device"),
+        )
+        if key not in expected:
+            try:
+                spec = RunSpec(
+                    candidate=key[0], task=key[1], tier=key[2], seed=key[3], lr=key[4], device=key[5] or "cpu"
+                )
+                expected[key] = resolve(spec).run_id
+            except (KeyError, ValueError, TypeError):
+                expected[key] = None
+        if expected[key] == r.get("run_id"):
+            current.append(r)
+        else:
+            stale += 1
+    return current, stale
+
+
 def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 

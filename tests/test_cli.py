@@ -142,3 +142,31 @@ def test_leaderboard_reports_corrupt_record(installed_plugin, capsys, tmp_path):
 )
 def test_parse_value(text, value):
     assert parse_value(text) == value
+
+
+def test_leaderboard_leaves_out_records_of_older_code(installed_plugin, capsys, tmp_path):
+    res = str(tmp_path)
+    common = [
+        "--candidates",
+        "toy-ema",
+        "--baselines",
+        "",
+        "--tasks",
+        "toy-last",
+        "--tier",
+        "smoke",
+        "--results-dir",
+        res,
+    ]
+    assert run(capsys, "compare", *common, "--quiet", "--jobs", "1")[0] == 0
+    path = next((tmp_path / "runs" / "train").glob("*.json"))
+    stale = json.loads(path.read_text())
+    stale["run_id"] = "0ld"
+    stale["identity"]["candidate_source"] = "older"
+    stale["test"]["token_acc"] = 0.0
+    (path.parent / "0ld.json").write_text(json.dumps(stale))
+    rc, out, err = run(capsys, "leaderboard", *common, "--format", "json")
+    assert rc == 0 and "1 stored records of older code" in err
+    assert json.loads(out)[0]["toy-last"] > 0.0
+    rc, out, _ = run(capsys, "leaderboard", *common, "--format", "json", "--all-versions")
+    assert rc == 0
