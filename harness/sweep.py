@@ -165,6 +165,8 @@ def run_sweep(
             result.reused += 1
         else:
             todo.append(run)
+    if progress and result.reused:
+        print(f"{result.reused} of {len(runs)} runs reused from {store.runs}", file=sys.stderr)
     bar = tqdm(
         total=len(todo),
         desc="runs",
