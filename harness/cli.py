@@ -247,7 +247,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     took = time.perf_counter() - t0
     print(
         f"{len(runs)} runs: {res.ran} trained, {res.reused} reused from {store.runs}; "
-        f"{len(res.failed)} failed, {len(res.diverged)} diverged; {took:.1f} s",
+        f"{len(res.failed)} failed, {sum(r.get('status') == 'diverged' for r in res.records)} diverged "
+        f"(new and reused); {took:.1f} s",
         file=sys.stderr,
     )
     title = f"{args.group or 'compare'} — tier {args.tier}, test token accuracy (lr chosen on valid)"
