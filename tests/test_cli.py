@@ -15,6 +15,24 @@ def run(capsys, *argv):
     return rc, out, err
 
 
+def toy_compare(capsys, tmp_path) -> list[str]:
+    """Run the toy plug-in's compare into ``tmp_path``; return the selection flags for reuse."""
+    common = [
+        "--candidates",
+        "toy-ema",
+        "--baselines",
+        "",
+        "--tasks",
+        "toy-last",
+        "--tier",
+        "smoke",
+        "--results-dir",
+        str(tmp_path),
+    ]
+    assert run(capsys, "compare", *common, "--quiet", "--jobs", "1")[0] == 0
+    return common
+
+
 def test_unknown_candidate_suggests_near_names(capsys):
     rc, _, err = run(capsys, "run", "--candidate", "softmx", "--task", "mqar", "--tier", "smoke")
     assert rc == 2
@@ -117,20 +135,7 @@ def test_compare_then_leaderboard_and_show(installed_plugin, capsys, tmp_path):
 
 
 def test_leaderboard_reports_corrupt_record(installed_plugin, capsys, tmp_path):
-    res = str(tmp_path)
-    common = [
-        "--candidates",
-        "toy-ema",
-        "--baselines",
-        "",
-        "--tasks",
-        "toy-last",
-        "--tier",
-        "smoke",
-        "--results-dir",
-        res,
-    ]
-    assert run(capsys, "compare", *common, "--quiet", "--jobs", "1")[0] == 0
+    common = toy_compare(capsys, tmp_path)
     bad = tmp_path / "runs" / "train" / "0000broken.json"
     bad.write_text("{not json")
     rc, out, err = run(capsys, "leaderboard", *common)
@@ -145,20 +150,7 @@ def test_parse_value(text, value):
 
 
 def test_leaderboard_leaves_out_records_of_older_code(installed_plugin, capsys, tmp_path):
-    res = str(tmp_path)
-    common = [
-        "--candidates",
-        "toy-ema",
-        "--baselines",
-        "",
-        "--tasks",
-        "toy-last",
-        "--tier",
-        "smoke",
-        "--results-dir",
-        res,
-    ]
-    assert run(capsys, "compare", *common, "--quiet", "--jobs", "1")[0] == 0
+    common = toy_compare(capsys, tmp_path)
     path = next((tmp_path / "runs" / "train").glob("*.json"))
     stale = json.loads(path.read_text())
     stale["run_id"] = "0ld"
