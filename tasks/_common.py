@@ -8,6 +8,7 @@ All of them are vectorised over the batch.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -116,3 +117,30 @@ def check_length_split(task: str, min_len: object, max_len: object, test_lengths
     check_int(task, "min_len", min_len, 1)
     check_int(task, "max_len", max_len, min_len, f"max_len must be >= min_len={min_len}")  # type: ignore[arg-type]
     return check_test_lengths(task, test_lengths, max_len)  # type: ignore[arg-type]
+
+
+#: Tier sizes shared by the length-split tasks (parity, modular arithmetic): Grazzi et al. train on
+#: 3-40 and test on 40-256 (``full``); ``quick`` is the scaled-down split for a 2-core CPU.
+LENGTH_SPLIT_TIERS = {
+    "smoke": {"config": {"min_len": 3, "max_len": 8, "test_lengths": (16,)}},
+    "quick": {"config": {"min_len": 3, "max_len": 20, "test_lengths": (40, 64)}},
+    "full": {"config": {"min_len": 3, "max_len": 40, "test_lengths": (64, 128, 256)}},
+}
+
+
+def length_split_config(task: str) -> type:
+    """The config dataclass of a length-split task, with errors naming ``task``."""
+
+    @dataclass(frozen=True)
+    class Config:
+        min_len: int = 3
+        max_len: int = 40
+        test_lengths: tuple[int, ...] = (64, 128, 256)
+        scored: str = "all"
+
+        def __post_init__(self) -> None:
+            tl = check_length_split(task, self.min_len, self.max_len, self.test_lengths)
+            object.__setattr__(self, "test_lengths", tl)
+            check_scored(task, self.scored)
+
+    return Config

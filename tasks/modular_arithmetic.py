@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,12 +10,12 @@ from torch import Tensor
 from harness.registry import register_task
 from harness.task import IGNORE, Batch, Task
 from harness.tasks._common import (
+    LENGTH_SPLIT_TIERS,
     check_int,
-    check_length_split,
     check_n,
-    check_scored,
     device_of,
     keep_only,
+    length_split_config,
     pad_beyond,
     sample_lengths,
 )
@@ -89,23 +88,8 @@ class ModularArithmetic(Task):
 
     reference = "Deletang et al. 2023, Neural networks and the Chomsky hierarchy (modular arithmetic)"
 
-    @dataclass(frozen=True)
-    class Config:
-        min_len: int = 3
-        max_len: int = 40
-        test_lengths: tuple[int, ...] = (64, 128, 256)
-        scored: str = "all"
-
-        def __post_init__(self) -> None:
-            tl = check_length_split(NAME, self.min_len, self.max_len, self.test_lengths)
-            object.__setattr__(self, "test_lengths", tl)
-            check_scored(NAME, self.scored)
-
-    TIERS = {
-        "smoke": {"config": {"min_len": 3, "max_len": 8, "test_lengths": (16,)}},
-        "quick": {"config": {"min_len": 3, "max_len": 20, "test_lengths": (40, 64)}},
-        "full": {"config": {"min_len": 3, "max_len": 40, "test_lengths": (64, 128, 256)}},
-    }
+    Config = length_split_config(NAME)
+    TIERS = LENGTH_SPLIT_TIERS
 
     @property
     def vocab_size(self) -> int:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
 from harness.registry import register_task
 from harness.task import Batch, Task
 from harness.tasks._common import (
+    LENGTH_SPLIT_TIERS,
     check_int,
-    check_length_split,
     check_n,
-    check_scored,
     device_of,
     keep_only,
+    length_split_config,
     pad_beyond,
     sample_lengths,
 )
@@ -47,23 +46,8 @@ class Parity(Task):
 
     reference = "Grazzi et al. 2025, Unlocking state-tracking in linear RNNs through negative eigenvalues"
 
-    @dataclass(frozen=True)
-    class Config:
-        min_len: int = 3
-        max_len: int = 40
-        test_lengths: tuple[int, ...] = (64, 128, 256)
-        scored: str = "all"
-
-        def __post_init__(self) -> None:
-            tl = check_length_split(NAME, self.min_len, self.max_len, self.test_lengths)
-            object.__setattr__(self, "test_lengths", tl)
-            check_scored(NAME, self.scored)
-
-    TIERS = {
-        "smoke": {"config": {"min_len": 3, "max_len": 8, "test_lengths": (16,)}},
-        "quick": {"config": {"min_len": 3, "max_len": 20, "test_lengths": (40, 64)}},
-        "full": {"config": {"min_len": 3, "max_len": 40, "test_lengths": (64, 128, 256)}},
-    }
+    Config = length_split_config(NAME)
+    TIERS = LENGTH_SPLIT_TIERS
 
     @property
     def vocab_size(self) -> int:
