@@ -229,6 +229,25 @@ def test_throughput_records_written_and_reused(tmp_path):
     assert not any(r["reused"] for r in forced)
 
 
+def test_rounds_pool_samples_taken_minutes_apart(tmp_path):
+    """Each later round re-times every measured row and the stored record holds the pooled numbers;
+    the decode step of a growing KV cache exists only in the first round and is not re-timed."""
+    store = RecordStore(tmp_path)
+    cfg = ThroughputConfig(seq_lens=(16, 32), **{**TINY, "rounds": 3, "min_samples": 3})
+    rows = run_throughput(["linear-attention"], cfg, store)
+    for r in rows:
+        growing = r["candidate"] == "softmax" and r["pass"] == "step"
+        assert r["rounds_timed"] == (1 if growing else 3), r
+        assert r["n_samples"] >= r["rounds_timed"]
+        assert 0 < r["p20_s"] <= r["median_s"] <= r["p80_s"]
+        assert r["tokens_per_s"] == pytest.approx(r["tokens_per_call"] / r["median_s"])
+        stored = store.get("throughput", r["run_id"])["result"]
+        assert stored["median_s"] == r["median_s"] and stored["n_samples"] == r["n_samples"]
+        assert "_samples" not in stored and "run_id" not in stored
+    with pytest.raises(ValueError, match="rounds"):
+        ThroughputConfig(rounds=0).resolved()
+
+
 def test_baseline_remeasured_when_anything_else_is(tmp_path, monkeypatch):
     store = RecordStore(tmp_path)
     cfg = ThroughputConfig(seq_lens=(16,), passes=("fwd",), **TINY)

@@ -115,6 +115,11 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
     p.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timed calls per shape")
     p.add_argument(
+        "--rounds",
+        type=int,
+        help="timing rounds over the grid, samples pooled per row (default 3 on CPU, 1 on CUDA)",
+    )
+    p.add_argument(
         "--baseline", default="softmax", help="candidate measured alongside ('none' for no baseline)"
     )
     p.set_defaults(func=cmd_throughput)
@@ -203,6 +208,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         impls=args.impls,
         time_cap=args.time_cap,
         min_run_time=args.min_run_time,
+        rounds=args.rounds,
         threads=args.threads,
         clock=args.clock,
         baseline=None if args.baseline in ("", "none") else args.baseline,

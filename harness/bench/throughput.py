@@ -6,6 +6,15 @@ timed after warmup (see ``harness.bench.timing`` for the method: ``torch.utils.b
 call, tokens/s, and the peak extra memory of one call. On CUDA the FLOPs of one call
 (``torch.utils.flop_counter``) give achieved TFLOP/s and the fraction of the device's peak.
 
+Rounds: on CPU the grid is measured ``rounds`` times (3 by default), each row re-timed once per
+round, and a row's median, p20 and p80 come from the samples of all rounds together. A shared or
+virtual machine's speed drifts by 10-20 % over seconds (a fixed compute loop on this 2-core VM
+ranged 135-186 ms per block with nothing else running); one timing window per row catches one
+moment of that drift, while samples taken minutes apart in separate rounds average over it, which
+is what makes two runs of the benchmark agree. A round re-times a row with one warmup call and
+``min_samples / rounds`` blocks; the decode ``step`` of a growing state (a KV cache) is timed in
+the first round only, since its state exists only at the length it was built to.
+
 Clock: on CPU with one thread (the default there) times are the measuring thread's CPU time
 (``time.thread_time``), not wall time, so other jobs on a shared machine do not inflate them; the time
 cap is judged on the same clock. If a call's work turns out to run on other threads, that shape falls
@@ -65,6 +74,7 @@ from harness.bench.timing import (
     peak_memory_bytes,
     peak_tflops,
     runs_on_calling_thread,
+    stats_from,
     time_cpu,
     time_cuda,
     time_once,
@@ -73,7 +83,7 @@ from harness.mixer import state_bytes
 from harness.registry import get_candidate
 from harness.results import RecordStore
 
-METHOD_VERSION = 2  # 2: the clock is part of the method (thread CPU time by default on CPU)
+METHOD_VERSION = 3  # 2: the clock is part of the method; 3: samples pooled over rounds
 PASSES = ("fwd", "fwd_bwd", "step")
 CPU_SEQ_LENS = (256, 1024, 4096, 8192)
 CUDA_SEQ_LENS = (1024, 4096, 16384, 65536)
@@ -93,7 +103,8 @@ class ThroughputConfig:
     time_cap: float | None = None  # seconds per call: 1.0 on CPU, 10.0 on CUDA
     decode_build_cap: float = 60.0  # seconds to step through T tokens to reach the decode state
     min_run_time: float = 0.1
-    min_samples: int = 5
+    min_samples: int = 6
+    rounds: int | None = None  # timing rounds over the whole grid: 3 on CPU, 1 on CUDA (do_bench)
     threads: int | None = None  # torch threads; None: 1 on CPU (stable on a shared machine), else torch's
     clock: str | None = None  # "cpu" (thread CPU time) or "wall"; None: cpu for 1-thread CPU runs
     baseline: str | None = "softmax"
@@ -114,6 +125,9 @@ class ThroughputConfig:
         dtypes = tuple(dtype_name(parse_dtype(d)) for d in self.dtypes)
         threads = self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1)
         clock = check_clock(self.clock or default_clock(dev, threads), dev, threads)
+        rounds = self.rounds if self.rounds is not None else (1 if dev.type == "cuda" else 3)
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
         return ThroughputConfig(
             **{
                 **asdict(self),
@@ -123,6 +137,7 @@ class ThroughputConfig:
                 "dtypes": dtypes,
                 "threads": threads,
                 "clock": clock,
+                "rounds": rounds,
             }
         )
 
@@ -145,10 +160,18 @@ def run_throughput(
         # the baseline is re-measured whenever anything else is, so ratios come from one process
         others_cached = all(_all_cached(n, cfg, writer) for n in names if n != cfg.baseline)
         est_jobs = len(names) * len(cfg.dtypes) * len(cfg.seq_lens) * len(cfg.passes)
+        runners: list[_CandidateRunner] = []
         with progress(est_jobs, "throughput", cfg.progress) as bar:
             for name in names:
                 force = cfg.force or (name == cfg.baseline and not others_cached)
-                rows.extend(_run_candidate(name, cfg, device, writer, force, bar))
+                cand_rows, cand_runners = _run_candidate(name, cfg, device, writer, force, bar)
+                rows.extend(cand_rows)
+                runners.extend(cand_runners)
+            for r in range(1, cfg.rounds):
+                bar.total += sum(len(run.retimable()) for run in runners)
+                bar.refresh()
+                for runner in runners:
+                    runner.retime_round(r, bar)
     finally:
         torch.set_num_threads(prev_threads)
     add_exponents(rows)
@@ -230,9 +253,11 @@ def _base_row(name: str, cfg: ThroughputConfig, dtype: str, p: str, impl: str, T
 
 def _run_candidate(
     name: str, cfg: ThroughputConfig, device: torch.device, writer: RecordWriter, force: bool, bar
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[_CandidateRunner]]:
+    """The first round of one candidate's rows, and the runners that can re-time them."""
     spec = get_candidate(name)
     rows: list[dict[str, Any]] = []
+    runners: list[_CandidateRunner] = []
     for dtype_str in cfg.dtypes:
         dtype = parse_dtype(dtype_str)
         reason = None
@@ -259,11 +284,12 @@ def _run_candidate(
                 bar.update(1)
             continue
         runner = _CandidateRunner(name, model, cfg, device, dtype, writer, force)
+        runners.append(runner)
         for p, impl, T in jobs:
             bar.set_postfix_str(f"{name} {p} {impl} T={T}", refresh=False)
             rows.append(runner.run(p, impl, T))
             bar.update(1)
-    return rows
+    return rows, runners
 
 
 def _finish(row: dict[str, Any], writer: RecordWriter, identity: dict[str, Any], cfg: ThroughputConfig):
@@ -271,10 +297,13 @@ def _finish(row: dict[str, Any], writer: RecordWriter, identity: dict[str, Any],
         "time_cap": cfg.time_cap,
         "min_run_time": cfg.min_run_time,
         "min_samples": cfg.min_samples,
+        "rounds": cfg.rounds,
         "decode_build_cap": cfg.decode_build_cap,
     }
-    rec = writer.save(identity, row, config)
-    return row | {"run_id": rec["run_id"], "session": common.SESSION, "reused": False}
+    result = {k: v for k, v in row.items() if k not in ("run_id", "session", "reused")}
+    rec = writer.save(identity, result, config)
+    row.update(run_id=rec["run_id"], session=common.SESSION, reused=False)
+    return row
 
 
 class _CandidateRunner:
@@ -288,6 +317,8 @@ class _CandidateRunner:
         self.state_pos = 0
         self.constant_state = False
         self.step_estimate: float | None = None
+        # rows measured (not reused) with their pooled samples, for the later rounds
+        self.timed: dict[tuple[str, str, int], tuple[dict[str, Any], list[float]]] = {}
         gen = torch.Generator().manual_seed(1)
         self.decode_inputs = torch.randn(cfg.batch, 64, cfg.d_model, generator=gen).to(device, dtype)
 
@@ -316,9 +347,54 @@ class _CandidateRunner:
             self._cleanup()
         # what this row cost: wall and CPU seconds of warmups, state building and timing
         row |= {"bench_wall_s": time.perf_counter() - w0, "bench_cpu_s": time.thread_time() - c0}
+        samples = row.pop("_samples", None)
         if row.get("status") == "ok":
             self.history.setdefault((p, impl), []).append((T, row["median_s"]))
+            if samples:
+                self.timed[(p, impl, T)] = (row, list(samples))
         return _finish(row, self.writer, identity, self.cfg)
+
+    # -- later rounds --------------------------------------------------------------------------------
+    def retimable(self) -> list[tuple[str, str, int]]:
+        """Rows a later round re-times: measured ones, but not the step of a growing state."""
+        return [k for k in self.timed if k[0] != "step" or self.constant_state]
+
+    def retime_round(self, round_index: int, bar) -> None:
+        """Re-time every re-timable row once more and update its pooled statistics and record."""
+        per_round = max(1, math.ceil(self.cfg.min_samples / self.cfg.rounds))
+        for p, impl, T in self.retimable():
+            bar.set_postfix_str(f"round {round_index + 1}: {self.name} {p} {impl} T={T}", refresh=False)
+            row, samples = self.timed[(p, impl, T)]
+            try:
+                fn, _, _ = self._make_fn(p, impl, T)
+                fn()  # warmup: the allocator and caches after the other rows ran
+                stats = time_cpu(
+                    fn,
+                    self.cfg.threads,
+                    row["median_s"],
+                    self.cfg.min_run_time,
+                    per_round,
+                    clock=row["clock"],
+                )
+            except Exception as e:  # keep the earlier rounds' numbers; say why this one is missing
+                row["note_rounds"] = f"round {round_index + 1} failed: {short_error(e)[:120]}"
+                self._cleanup()
+                bar.update(1)
+                continue
+            self.model.zero_grad(set_to_none=True)
+            samples.extend(stats.samples)
+            pooled = stats_from(samples, stats.method)
+            row.update(
+                median_s=pooled.median,
+                p20_s=pooled.p20,
+                p80_s=pooled.p80,
+                n_samples=pooled.n,
+                rounds_timed=round_index + 1,
+                tokens_per_s=row["tokens_per_call"] / pooled.median,
+            )
+            identity = _identity(self.name, self.cfg, dtype_name(self.dtype), p, impl, T)
+            _finish(row, self.writer, identity, self.cfg)
+            bar.update(1)
 
     def _cleanup(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -436,15 +512,16 @@ class _CandidateRunner:
             stats = time_cuda(fn, grad_to_none=grads)
         else:
             flops = None
-            stats = time_cpu(
-                fn, self.cfg.threads, call, self.cfg.min_run_time, self.cfg.min_samples, clock=clock
-            )
+            per_round = max(1, math.ceil(self.cfg.min_samples / self.cfg.rounds))
+            stats = time_cpu(fn, self.cfg.threads, call, self.cfg.min_run_time, per_round, clock=clock)
         self.model.zero_grad(set_to_none=True)
         out |= {
             "median_s": stats.median,
             "p20_s": stats.p20,
             "p80_s": stats.p80,
             "n_samples": stats.n,
+            "rounds_timed": 1,
+            "_samples": stats.samples,
             "timing_method": stats.method,
             "clock": clock,
             "tokens_per_call": tokens,

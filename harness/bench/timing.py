@@ -52,9 +52,10 @@ class Stats:
     p80: float
     n: int
     method: str
+    samples: tuple[float, ...] = ()  # the per-call times behind the quantiles (empty on CUDA)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "samples"}
 
 
 def stats_from(times: Sequence[float], method: str) -> Stats:
@@ -67,6 +68,7 @@ def stats_from(times: Sequence[float], method: str) -> Stats:
         p80=float(np.percentile(arr, 80)),
         n=int(arr.size),
         method=method,
+        samples=tuple(float(t) for t in arr),
     )
 
 
