@@ -129,6 +129,21 @@ def _execute_spec(spec: RunSpec) -> dict[str, Any]:
     return execute(resolve(spec))
 
 
+def longest_first(runs: list[ResolvedRun]) -> list[ResolvedRun]:
+    """Order runs by their training tokens (steps x batch x length), most first, stably.
+
+    With a few workers, a long run started last leaves the other workers idle while it finishes;
+    starting the long tasks first (longest-processing-time scheduling) keeps that tail short.
+    The cost of a step grows with the tokens it processes for every candidate, so the order is
+    known before any run has been timed.
+    """
+
+    def tokens(run: ResolvedRun) -> int:
+        return run.tier.steps * run.tier.batch_size * run.task.seq_len
+
+    return sorted(runs, key=tokens, reverse=True)
+
+
 def _results_in_order_of_completion(todo: list[ResolvedRun], jobs: int) -> Iterator[dict[str, Any]]:
     if jobs <= 1 or len(todo) <= 1:
         for run in todo:
@@ -175,7 +190,7 @@ def run_sweep(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for record in _results_in_order_of_completion(todo, jobs):
+    for record in _results_in_order_of_completion(longest_first(todo), jobs):
         store.save(record)
         bar.update(1)
         bar.set_postfix_str(f"last: {record['candidate']} / {record['task']} / seed {record['seed']}")

@@ -176,3 +176,13 @@ def test_parallel_sweep_matches_serial(installed_plugin, tmp_path):
     for r in parallel.records:
         assert r["loss_curve"] == by_id[r["run_id"]]["loss_curve"]
         assert r["test"] == by_id[r["run_id"]]["test"]
+
+
+def test_sweep_starts_the_longest_runs_first():
+    """Longest-processing-time order: the tasks with the most training tokens go first."""
+    runs = sweep_mod.plan(["softmax"], ["s5", "mqar", "parity"], "quick")
+    ordered = sweep_mod.longest_first(runs)
+    tokens = [r.tier.steps * r.tier.batch_size * r.task.seq_len for r in ordered]
+    assert tokens == sorted(tokens, reverse=True)
+    assert ordered[0].spec.task == "mqar" and ordered[-1].spec.task == "s5"
+    assert sorted(r.run_id for r in ordered) == sorted(r.run_id for r in runs)
