@@ -1,8 +1,14 @@
 """Tiers fix the backbone and the training protocol; identical for every candidate.
 
 ``smoke`` checks plumbing in seconds (no quality claims). ``quick`` is the CPU default, sized for a
-2-core machine (~10 s per (candidate, task) run, one seed, one learning rate validated once for the
-whole suite) yet large enough that known separations appear. ``full`` encodes published protocols
+2-core machine (~10 s per (candidate, task) run for softmax, one seed, one learning rate validated
+once for the whole suite) yet large enough that known separations appear.
+
+``quick`` trains one block (mixer + MLP). One layer is what the state-tracking separations are
+about (Merrill et al. 2024 and Grazzi et al. 2025 state them per layer): with two, a diagonal model
+composes its way to part of S5 in distribution and blurs the comparison of transitions, and every
+run costs twice as much. With the short causal conv in front of the mixer one block still solves
+MQAR with softmax attention (test token accuracy 1.0). ``full`` keeps two layers. ``full`` encodes published protocols
 (sizes, several seeds, a learning-rate sweep) and is meant for GPUs.
 """
 
@@ -61,7 +67,7 @@ TIERS: dict[str, TierConfig] = {
     ),
     "quick": TierConfig(
         d_model=64,
-        n_layers=2,
+        n_layers=1,
         mlp_ratio=2,
         short_conv=4,
         steps=400,
