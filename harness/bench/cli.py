@@ -113,11 +113,13 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     _add_clock(p)
     p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
     p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
-    p.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timed calls per shape")
+    p.add_argument(
+        "--min-run-time", type=float, help="seconds of timed calls per shape, over all rounds (default 0.3)"
+    )
     p.add_argument(
         "--rounds",
         type=int,
-        help="timing rounds over the grid, samples pooled per row (default 3 on CPU, 1 on CUDA)",
+        help="timing rounds over the grid, samples pooled per row (default 6 on CPU, 1 on CUDA)",
     )
     p.add_argument(
         "--baseline", default="softmax", help="candidate measured alongside ('none' for no baseline)"
@@ -207,7 +209,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         passes=args.passes or PASSES,
         impls=args.impls,
         time_cap=args.time_cap,
-        min_run_time=args.min_run_time,
+        **({} if args.min_run_time is None else {"min_run_time": args.min_run_time}),
         rounds=args.rounds,
         threads=args.threads,
         clock=args.clock,
