@@ -15,9 +15,9 @@ def run(capsys, *argv):
     return rc, out, err
 
 
-def toy_compare(capsys, tmp_path) -> list[str]:
-    """Run the toy plug-in's compare into ``tmp_path``; return the selection flags for reuse."""
-    common = [
+def toy_flags(tmp_path) -> list[str]:
+    """The selection flags of the toy plug-in's compare (smoke tier, no baselines) into ``tmp_path``."""
+    return [
         "--candidates",
         "toy-ema",
         "--baselines",
@@ -29,6 +29,11 @@ def toy_compare(capsys, tmp_path) -> list[str]:
         "--results-dir",
         str(tmp_path),
     ]
+
+
+def toy_compare(capsys, tmp_path) -> list[str]:
+    """Run the toy plug-in's compare into ``tmp_path``; return the selection flags for reuse."""
+    common = toy_flags(tmp_path)
     assert run(capsys, "compare", *common, "--quiet", "--jobs", "1")[0] == 0
     return common
 
@@ -104,18 +109,7 @@ def test_show_unknown_run(capsys, tmp_path):
 
 def test_compare_then_leaderboard_and_show(installed_plugin, capsys, tmp_path):
     res = str(tmp_path)
-    common = [
-        "--candidates",
-        "toy-ema",
-        "--baselines",
-        "",
-        "--tasks",
-        "toy-last",
-        "--tier",
-        "smoke",
-        "--results-dir",
-        res,
-    ]
+    common = toy_flags(tmp_path)
     rc, out, _ = run(capsys, "compare", *common, "--format", "json", "--quiet", "--jobs", "1")
     assert rc == 0
     rows = json.loads(out)

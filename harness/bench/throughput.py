@@ -357,13 +357,22 @@ class _CandidateRunner:
         return _finish(row, self.writer, identity, self.cfg)
 
     # -- later rounds --------------------------------------------------------------------------------
+    def _retimed_later(self, p: str) -> bool:
+        """Later rounds re-time every pass but the step of a growing state (it exists at one T only)."""
+        return p != "step" or self.constant_state
+
+    def _round_budget(self, p: str) -> tuple[float, int]:
+        """``(min_run_time, min_samples)`` of one round: the row's budget split over the rounds that
+        time it (all of it in the first round for a row no later round re-times)."""
+        share = self.cfg.rounds if self._retimed_later(p) else 1
+        return self.cfg.min_run_time / share, max(1, math.ceil(self.cfg.min_samples / share))
+
     def retimable(self) -> list[tuple[str, str, int]]:
         """Rows a later round re-times: measured ones, but not the step of a growing state."""
-        return [k for k in self.timed if k[0] != "step" or self.constant_state]
+        return [k for k in self.timed if self._retimed_later(k[0])]
 
     def retime_round(self, round_index: int, bar) -> None:
         """Re-time every re-timable row once more and update its pooled statistics and record."""
-        per_round = max(1, math.ceil(self.cfg.min_samples / self.cfg.rounds))
         for p, impl, T in self.retimable():
             bar.set_postfix_str(f"round {round_index + 1}: {self.name} {p} {impl} T={T}", refresh=False)
             row, samples = self.timed[(p, impl, T)]
@@ -371,12 +380,7 @@ class _CandidateRunner:
                 fn, _, _ = self._make_fn(p, impl, T)
                 fn()  # warmup: the allocator and caches after the other rows ran
                 stats = time_cpu(
-                    fn,
-                    self.cfg.threads,
-                    row["median_s"],
-                    self.cfg.min_run_time / self.cfg.rounds,
-                    per_round,
-                    clock=row["clock"],
+                    fn, self.cfg.threads, row["median_s"], *self._round_budget(p), clock=row["clock"]
                 )
             except Exception as e:  # keep the earlier rounds' numbers; say why this one is missing
                 row["note_rounds"] = f"round {round_index + 1} failed: {short_error(e)[:120]}"
@@ -514,12 +518,7 @@ class _CandidateRunner:
             stats = time_cuda(fn, grad_to_none=grads)
         else:
             flops = None
-            # a row that later rounds will not re-time (the step of a growing state) gets the whole budget
-            share = 1 if p == "step" and not self.constant_state else self.cfg.rounds
-            per_round = max(1, math.ceil(self.cfg.min_samples / share))
-            stats = time_cpu(
-                fn, self.cfg.threads, call, self.cfg.min_run_time / share, per_round, clock=clock
-            )
+            stats = time_cpu(fn, self.cfg.threads, call, *self._round_budget(p), clock=clock)
         self.model.zero_grad(set_to_none=True)
         out |= {
             "median_s": stats.median,
