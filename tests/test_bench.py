@@ -23,7 +23,8 @@ from harness.bench import common, report
 from harness.bench.cli import main as bench_main
 from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
 from harness.bench.scans import ScansConfig, run_scans
-from harness.bench.throughput import ThroughputConfig, run_throughput
+from harness.bench import throughput
+from harness.bench.throughput import ThroughputConfig, run_throughput, spread_rounds
 from harness.bench.timing import (
     check_clock,
     count_flops,
@@ -31,8 +32,10 @@ from harness.bench.timing import (
     peak_memory_bytes,
     peak_tflops,
     runs_on_calling_thread,
+    speed_probe,
     stats_from,
     time_cpu,
+    time_probe,
 )
 from harness.results import RecordStore
 
@@ -115,6 +118,40 @@ def test_stats_and_cpu_timer_are_sane():
     assert st.n >= 4 and 0 < st.p20 <= st.median <= st.p80 < 1.0
 
 
+def test_cpu_timer_times_each_block_once():
+    """Every call time_cpu makes is a timed one (the caller warms up): ``Timer.timeit`` would add two
+    untimed calls per block, tripling the cost of each sample of a slow call."""
+    calls = []
+    st = time_cpu(lambda: calls.append(1), threads=1, call_estimate=1.0, min_run_time=0.0, min_samples=5)
+    assert st.n == 5 and len(calls) == 5
+
+
+def test_speed_probe_is_fixed_work_timed_over_a_window():
+    a, b = speed_probe(), speed_probe()
+    assert torch.equal(a(), b()) and a().shape == (256, 64)
+    calls = []
+
+    def counted():
+        calls.append(1)
+        return a()
+
+    t = time_probe(counted, "cpu", window=0.0)
+    assert len(calls) == 6 and 0 < t < 1.0  # one warm-up call, then at least five timed
+
+
+def test_pool_divides_each_rounds_samples_by_that_rounds_probe():
+    pool = throughput._Pool([], [], [], "")
+    pool.add([2.0, 4.0], 2.0, "m")  # a slow moment: the probe took 2 s
+    pool.add([3.0], 1.0, "m")
+    f = pool.fields(tokens_per_call=6)
+    assert f["median_s"] == 3.0 and f["tokens_per_s"] == 2.0 and f["n_samples"] == 3
+    assert f["x_probe"] == 2.0  # median of 1, 2, 3
+    assert f["probe_s"] == 1.5
+    empty = throughput._Pool([], [], [], "")
+    empty.add([1.0], None, "m")  # no probe (CUDA): no probe-relative time
+    assert empty.fields(1)["x_probe"] is None
+
+
 def test_clocks():
     x = torch.randn(64, 64)
     st = time_cpu(lambda: x @ x, threads=1, call_estimate=1e-5, min_run_time=0.01, min_samples=4, clock="cpu")
@@ -186,6 +223,7 @@ def test_throughput_softmax_and_linear_attention(tmp_path):
         assert 0 < r["p20_s"] <= r["median_s"] <= r["p80_s"]
         assert r["n_samples"] >= 3
         assert r["tokens_per_s"] == pytest.approx(r["tokens_per_call"] / r["median_s"])
+        assert r["x_probe"] > 0 and r["probe_s"] > 0
         assert r["peak_mem_bytes"] is None or r["peak_mem_bytes"] >= 0
         assert r["exponent"] is not None and math.isfinite(r["exponent"])
         assert r["x_base"] is not None and r["x_base"] > 0
@@ -246,6 +284,51 @@ def test_rounds_pool_samples_taken_minutes_apart(tmp_path):
         assert "_samples" not in stored and "run_id" not in stored
     with pytest.raises(ValueError, match="rounds"):
         ThroughputConfig(rounds=0).resolved()
+
+
+def test_spread_rounds_cover_the_whole_run():
+    assert spread_rounds(6, 24) == [0, 4, 8, 12, 16, 20]
+    assert spread_rounds(24, 24) == list(range(24))
+    assert spread_rounds(1, 24) == [0]
+    assert spread_rounds(9, 4) == [0, 1, 2, 3]
+    for n in range(1, 30):
+        r = spread_rounds(n, 24)
+        assert len(r) == min(n, 24) and r[0] == 0 and r == sorted(set(r))
+        assert r[-1] > 24 - 24 / n - 1  # the last sample comes from the final stretch of the run
+
+
+def test_a_slow_row_is_timed_in_min_samples_rounds_spread_over_the_run(tmp_path):
+    """A row whose call outlasts its share of ``min_run_time`` is timed in ``min_samples`` rounds
+    (one call each), not all of them; its record is saved complete after its last round."""
+    store = RecordStore(tmp_path)
+    cfg = ThroughputConfig(
+        seq_lens=(16,), passes=("fwd",), baseline=None, **{**TINY, "min_run_time": 1e-9, "rounds": 6}
+    )
+    (row,) = run_throughput(["linear-attention"], cfg, store)
+    assert row["rounds_planned"] == 3 and row["rounds_timed"] == 3 and row["n_samples"] == 3
+    assert store.get("throughput", row["run_id"])["result"]["complete"] is True
+
+
+def test_a_run_stopped_between_rounds_is_measured_again(tmp_path, monkeypatch):
+    """Rows are saved after their first round, marked incomplete; a rerun measures those again
+    rather than reusing a first-round-only median, and saves them complete."""
+    store = RecordStore(tmp_path)
+    cfg = ThroughputConfig(seq_lens=(16,), passes=("fwd",), baseline=None, **{**TINY, "rounds": 3})
+
+    def interrupted(self, round_index, bar):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(throughput._CandidateRunner, "retime_round", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_throughput(["linear-attention"], cfg, store)
+    (path,) = (tmp_path / "runs" / "throughput").glob("*.json")
+    assert json.loads(path.read_text())["result"]["complete"] is False
+    (row,) = run_throughput(["linear-attention"], cfg, store)
+    assert not row["reused"] and row["rounds_timed"] == 3
+    assert json.loads(path.read_text())["result"]["complete"] is True
+    (again,) = run_throughput(["linear-attention"], cfg, store)
+    assert again["reused"]
 
 
 def test_baseline_remeasured_when_anything_else_is(tmp_path, monkeypatch):

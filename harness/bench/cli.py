@@ -119,7 +119,7 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--rounds",
         type=int,
-        help="timing rounds over the grid, samples pooled per row (default 6 on CPU, 1 on CUDA)",
+        help="timing rounds over the grid, samples pooled per row (default 24 on CPU, 1 on CUDA)",
     )
     p.add_argument(
         "--baseline", default="softmax", help="candidate measured alongside ('none' for no baseline)"

@@ -87,11 +87,13 @@ class RecordWriter:
         return run_id_for(identity)
 
     def cached(self, identity: dict[str, Any], force: bool) -> dict[str, Any] | None:
-        """A stored finished record for this identity (status "ok"), unless forced."""
+        """A stored finished record for this identity (status "ok"), unless forced. A record saved
+        part-way (``complete`` false: a run stopped between its timing rounds) is measured again."""
         if self.store is None or force:
             return None
         rec = self.store.get(self.kind, run_id_for(identity))
-        if rec is not None and rec.get("result", {}).get("status") == "ok":
+        result = (rec or {}).get("result", {})
+        if result.get("status") == "ok" and result.get("complete", True):
             return rec
         return None
 

@@ -6,16 +6,29 @@ timed after warmup (see ``harness.bench.timing`` for the method: ``torch.utils.b
 call, tokens/s, and the peak extra memory of one call. On CUDA the FLOPs of one call
 (``torch.utils.flop_counter``) give achieved TFLOP/s and the fraction of the device's peak.
 
-Rounds: on CPU the grid is measured ``rounds`` times (6 by default), each row re-timed once per
-round, and a row's median, p20 and p80 come from the samples of all rounds together. A shared or
-virtual machine's speed drifts by 10-20 % over seconds (a fixed compute loop on this 2-core VM
-ranged 135-186 ms per block with nothing else running); one timing window per row catches one
-moment of that drift, while samples taken minutes apart in separate rounds average over it, which
-is what makes two runs of the benchmark agree (with 3 rounds 44 % of the rows of two runs of the
-transitions grid agreed within 10 %, with 1 round 27 %). A round re-times a row with one warmup
-call, ``min_run_time / rounds`` seconds and ``min_samples / rounds`` blocks (so the timing budget
-per row does not grow with the rounds); the decode ``step`` of a growing state (a KV cache) is timed in
-the first round only, since its state exists only at the length it was built to.
+Rounds: on CPU the grid is measured in ``rounds`` rounds (24 by default) and a row's median, p20 and
+p80 come from the samples of all its rounds together. This 2-core VM's speed wanders: the same
+forward call, timed back to back in thread CPU time with nothing else running, ranged 5-11 ms, its
+3-second medians 6.8-10.1 ms and its 15-second medians 7.9-9.5 ms. Samples from one moment share
+that moment's speed, so a row's median is only as steady as the number of moments it was sampled
+at; spreading each row over many rounds, minutes apart, averages the drift away. The first round
+does the setup (warmup, the time-cap checks, peak memory, the decode state) and times each row with
+its share of the budget; a row then goes on in ``rounds_planned`` rounds: all of them when a call is
+shorter than its share of ``min_run_time`` per round, else ``min_samples`` (one call each) spread
+evenly over the run (``spread_rounds``), so the budget per row does not grow with the rounds. A
+later round warms a row up with one call first when its call is shorter than 0.1 s (longer calls
+hardly notice cold caches). A row's record is saved after its first round, marked incomplete, and
+again, complete, after its last; a rerun measures incomplete rows again. The decode ``step`` of a
+growing state (a KV cache) is timed in the first round only, since its state exists only at the
+length it was built to.
+
+Speed probe (CPU): averaging cannot remove the drift of the machine's speed between runs (two
+back-to-back 5-minute runs of the transitions grid differed by 13 % over all rows). So before each
+block of a row's samples a fixed small workload (``timing.speed_probe``) is timed for a few ms, and
+``x_probe`` is the median of the row's samples each divided by the probe time of its block: the
+call's time in probe calls, a unit that moves with the machine. ``median_s`` stays the plain time;
+``x_probe`` is the number to compare across runs on a shared machine, ``x_base`` (the baseline
+candidate at the same shape, same run) the number to compare candidates by.
 
 Clock: on CPU with one thread (the default there) times are the measuring thread's CPU time
 (``time.thread_time``), not wall time, so other jobs on a shared machine do not inflate them; the time
@@ -54,6 +67,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness.bench import common
@@ -76,18 +90,23 @@ from harness.bench.timing import (
     peak_memory_bytes,
     peak_tflops,
     runs_on_calling_thread,
+    speed_probe,
     stats_from,
     time_cpu,
     time_cuda,
     time_once,
+    time_probe,
 )
 from harness.mixer import state_bytes
 from harness.registry import get_candidate
 from harness.results import RecordStore
 
-METHOD_VERSION = 3  # 2: the clock is part of the method; 3: samples pooled over rounds
+# 2: the clock is part of the method; 3: samples pooled over rounds; 4: 24 rounds, rows spread
+METHOD_VERSION = 4
+WARMUP_BELOW_S = 0.1  # a later round warms a row up with one call first if its call is shorter
 PASSES = ("fwd", "fwd_bwd", "step")
 CPU_SEQ_LENS = (256, 1024, 4096, 8192)
+CPU_ROUNDS = 24
 CUDA_SEQ_LENS = (1024, 4096, 16384, 65536)
 
 
@@ -106,7 +125,7 @@ class ThroughputConfig:
     decode_build_cap: float = 60.0  # seconds to step through T tokens to reach the decode state
     min_run_time: float = 0.3  # seconds of timed calls per row, over all rounds
     min_samples: int = 6  # timed blocks per row, over all rounds
-    rounds: int | None = None  # timing rounds over the grid: 6 on CPU, 1 on CUDA (do_bench)
+    rounds: int | None = None  # timing rounds over the grid: 24 on CPU, 1 on CUDA (do_bench)
     threads: int | None = None  # torch threads; None: 1 on CPU (stable on a shared machine), else torch's
     clock: str | None = None  # "cpu" (thread CPU time) or "wall"; None: cpu for 1-thread CPU runs
     baseline: str | None = "softmax"
@@ -127,7 +146,7 @@ class ThroughputConfig:
         dtypes = tuple(dtype_name(parse_dtype(d)) for d in self.dtypes)
         threads = self.threads or (torch.get_num_threads() if dev.type == "cuda" else 1)
         clock = check_clock(self.clock or default_clock(dev, threads), dev, threads)
-        rounds = self.rounds if self.rounds is not None else (1 if dev.type == "cuda" else 6)
+        rounds = self.rounds if self.rounds is not None else (1 if dev.type == "cuda" else CPU_ROUNDS)
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         return ThroughputConfig(
@@ -169,9 +188,9 @@ def run_throughput(
                 cand_rows, cand_runners = _run_candidate(name, cfg, device, writer, force, bar)
                 rows.extend(cand_rows)
                 runners.extend(cand_runners)
+            bar.total += sum(run.due_count(r) for r in range(1, cfg.rounds) for run in runners)
+            bar.refresh()
             for r in range(1, cfg.rounds):
-                bar.total += sum(len(run.retimable()) for run in runners)
-                bar.refresh()
                 for runner in runners:
                     runner.retime_round(r, bar)
     finally:
@@ -182,6 +201,13 @@ def run_throughput(
 
 
 # -- one candidate ---------------------------------------------------------------------------------
+
+
+def spread_rounds(planned: int, rounds: int) -> list[int]:
+    """The rounds (of ``rounds``, 0 first) that time a row planned for ``planned`` of them, evenly
+    spaced from round 0, so a slow row timed in few rounds still has samples from the whole run."""
+    n = min(planned, rounds)
+    return sorted({int(i * rounds / n) for i in range(n)})
 
 
 def _impl_names(model, device: torch.device, wanted: Sequence[str] | None) -> list[str]:
@@ -308,6 +334,37 @@ def _finish(row: dict[str, Any], writer: RecordWriter, identity: dict[str, Any],
     return row
 
 
+@dataclass
+class _Pool:
+    """A row's samples over its rounds: raw per-call seconds, and the same divided by the speed
+    probe timed just before their round's block (see ``timing.speed_probe``)."""
+
+    samples: list[float]
+    relative: list[float]
+    probes: list[float]
+    method: str
+
+    def add(self, samples: Sequence[float], probe: float | None, method: str) -> None:
+        self.samples.extend(samples)
+        if probe:
+            self.relative.extend(s / probe for s in samples)
+            self.probes.append(probe)
+        self.method = method
+
+    def fields(self, tokens_per_call: int) -> dict[str, Any]:
+        st = stats_from(self.samples, self.method)
+        rel = float(np.median(self.relative)) if self.relative else None
+        return {
+            "median_s": st.median,
+            "p20_s": st.p20,
+            "p80_s": st.p80,
+            "n_samples": st.n,
+            "tokens_per_s": tokens_per_call / st.median,
+            "x_probe": rel,
+            "probe_s": float(np.median(self.probes)) if self.probes else None,
+        }
+
+
 class _CandidateRunner:
     """Measures the jobs of one (candidate, dtype): holds the model, inputs and the decode state."""
 
@@ -320,7 +377,8 @@ class _CandidateRunner:
         self.constant_state = False
         self.step_estimate: float | None = None
         # rows measured (not reused) with their pooled samples, for the later rounds
-        self.timed: dict[tuple[str, str, int], tuple[dict[str, Any], list[float]]] = {}
+        self.timed: dict[tuple[str, str, int], tuple[dict[str, Any], _Pool]] = {}
+        self.probe = speed_probe()
         gen = torch.Generator().manual_seed(1)
         self.decode_inputs = torch.randn(cfg.batch, 64, cfg.d_model, generator=gen).to(device, dtype)
 
@@ -349,58 +407,66 @@ class _CandidateRunner:
             self._cleanup()
         # what this row cost: wall and CPU seconds of warmups, state building and timing
         row |= {"bench_wall_s": time.perf_counter() - w0, "bench_cpu_s": time.thread_time() - c0}
-        samples = row.pop("_samples", None)
+        pool = row.pop("_pool", None)
         if row.get("status") == "ok":
             self.history.setdefault((p, impl), []).append((T, row["median_s"]))
-            if samples:
-                self.timed[(p, impl, T)] = (row, list(samples))
+            if pool is not None and not row.get("complete", True):
+                self.timed[(p, impl, T)] = (row, pool)
         return _finish(row, self.writer, identity, self.cfg)
 
-    # -- later rounds --------------------------------------------------------------------------------
-    def _retimed_later(self, p: str) -> bool:
-        """Later rounds re-time every pass but the step of a growing state (it exists at one T only)."""
-        return p != "step" or self.constant_state
+    # -- rounds ------------------------------------------------------------------------------------
+    def _planned_rounds(self, p: str, call: float) -> int:
+        """How many rounds time a row whose call takes ``call`` seconds: every round, unless one call
+        takes more than the row's share of ``min_run_time`` per round; then ``min_samples`` rounds
+        (one call each), or as many as ``min_run_time`` holds if that is more. The step of a growing
+        state exists at one T only: the first round alone, with the whole budget."""
+        if p == "step" and not self.constant_state:
+            return 1
+        fits = int(self.cfg.min_run_time // call) if call > 0 else self.cfg.rounds
+        return max(1, min(self.cfg.rounds, max(self.cfg.min_samples, fits)))
 
-    def _round_budget(self, p: str) -> tuple[float, int]:
-        """``(min_run_time, min_samples)`` of one round: the row's budget split over the rounds that
-        time it (all of it in the first round for a row no later round re-times)."""
-        share = self.cfg.rounds if self._retimed_later(p) else 1
-        return self.cfg.min_run_time / share, max(1, math.ceil(self.cfg.min_samples / share))
+    def _round_budget(self, planned: int) -> tuple[float, int]:
+        """``(min_run_time, min_samples)`` of one round: the row's budget split over its rounds."""
+        return self.cfg.min_run_time / planned, max(1, math.ceil(self.cfg.min_samples / planned))
 
-    def retimable(self) -> list[tuple[str, str, int]]:
-        """Rows a later round re-times: measured ones, but not the step of a growing state."""
-        return [k for k in self.timed if self._retimed_later(k[0])]
+    def due(self, key: tuple[str, str, int], round_index: int) -> bool:
+        """Whether a later round times this row (see ``spread_rounds``)."""
+        return key in self.timed and round_index in spread_rounds(
+            self.timed[key][0]["rounds_planned"], self.cfg.rounds
+        )
+
+    def due_count(self, round_index: int) -> int:
+        return sum(self.due(k, round_index) for k in self.timed)
 
     def retime_round(self, round_index: int, bar) -> None:
-        """Re-time every re-timable row once more and update its pooled statistics and record."""
-        for p, impl, T in self.retimable():
+        """Time once more each row due in this round; pool its samples; save the row after its last."""
+        for key in [k for k in self.timed if self.due(k, round_index)]:
+            p, impl, T = key
             bar.set_postfix_str(f"round {round_index + 1}: {self.name} {p} {impl} T={T}", refresh=False)
-            row, samples = self.timed[(p, impl, T)]
+            row, pool = self.timed[key]
             try:
                 fn, _, _ = self._make_fn(p, impl, T)
-                fn()  # warmup: the allocator and caches after the other rows ran
-                stats = time_cpu(
-                    fn, self.cfg.threads, row["median_s"], *self._round_budget(p), clock=row["clock"]
-                )
+                if row["median_s"] < WARMUP_BELOW_S:
+                    fn()  # the allocator and caches after the other rows ran
+                self._time_block(fn, row["median_s"], row["rounds_planned"], row["clock"], pool)
             except Exception as e:  # keep the earlier rounds' numbers; say why this one is missing
                 row["note_rounds"] = f"round {round_index + 1} failed: {short_error(e)[:120]}"
                 self._cleanup()
-                bar.update(1)
-                continue
-            self.model.zero_grad(set_to_none=True)
-            samples.extend(stats.samples)
-            pooled = stats_from(samples, stats.method)
-            row.update(
-                median_s=pooled.median,
-                p20_s=pooled.p20,
-                p80_s=pooled.p80,
-                n_samples=pooled.n,
-                rounds_timed=round_index + 1,
-                tokens_per_s=row["tokens_per_call"] / pooled.median,
-            )
-            identity = _identity(self.name, self.cfg, dtype_name(self.dtype), p, impl, T)
-            _finish(row, self.writer, identity, self.cfg)
+            else:
+                self.model.zero_grad(set_to_none=True)
+                row.update(pool.fields(row["tokens_per_call"]))
+                row["rounds_timed"] += 1
+            if round_index == spread_rounds(row["rounds_planned"], self.cfg.rounds)[-1]:
+                row["complete"] = True
+                identity = _identity(self.name, self.cfg, dtype_name(self.dtype), p, impl, T)
+                _finish(row, self.writer, identity, self.cfg)
             bar.update(1)
+
+    def _time_block(self, fn, call: float, planned: int, clock: str, pool: _Pool) -> None:
+        """One round's block of samples of a row, with the speed probe timed just before it."""
+        probe = time_probe(self.probe, clock)
+        stats = time_cpu(fn, self.cfg.threads, call, *self._round_budget(planned), clock=clock)
+        pool.add(stats.samples, probe, stats.method)
 
     def _cleanup(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -516,21 +582,29 @@ class _CandidateRunner:
         if self.device.type == "cuda":
             flops = count_flops(fn)
             stats = time_cuda(fn, grad_to_none=grads)
+            planned = 1
+            timed = {
+                "median_s": stats.median,
+                "p20_s": stats.p20,
+                "p80_s": stats.p80,
+                "n_samples": stats.n,
+                "tokens_per_s": tokens / stats.median,
+            }
         else:
             flops = None
-            stats = time_cpu(fn, self.cfg.threads, call, *self._round_budget(p), clock=clock)
+            planned = self._planned_rounds(p, call)
+            pool = _Pool([], [], [], "")
+            self._time_block(fn, call, planned, clock, pool)
+            timed = pool.fields(tokens) | {"_pool": pool}
+            stats = stats_from(pool.samples, pool.method)
         self.model.zero_grad(set_to_none=True)
-        out |= {
-            "median_s": stats.median,
-            "p20_s": stats.p20,
-            "p80_s": stats.p80,
-            "n_samples": stats.n,
+        out |= timed | {
             "rounds_timed": 1,
-            "_samples": stats.samples,
+            "rounds_planned": planned,
+            "complete": planned == 1,
             "timing_method": stats.method,
             "clock": clock,
             "tokens_per_call": tokens,
-            "tokens_per_s": tokens / stats.median,
             "flops": flops,
         }
         if flops:

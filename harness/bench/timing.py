@@ -23,6 +23,7 @@ import ctypes
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,9 +128,12 @@ def time_cpu(
     """Median / p20 / p80 per-call time from blocks timed by ``torch.utils.benchmark.Timer``.
 
     Blocks of ``number`` calls (about 1 ms or one call, whichever is longer, so the timer overhead is
-    negligible; ``call_estimate`` should be a wall time) are timed with ``Timer.timeit`` until ``min_run_time`` has passed and at least
-    ``min_samples`` blocks ran (or ``max_run_time``). ``blocked_autorange`` is not used because its
-    block size grows in powers of ten, which for 5-50 ms calls leaves one or two blocks in a short run.
+    negligible; ``call_estimate`` should be a wall time) are timed until ``min_run_time`` has passed
+    and at least ``min_samples`` blocks ran (or ``max_run_time``). ``blocked_autorange`` is not used
+    because its block size grows in powers of ten, which for 5-50 ms calls leaves one or two blocks in
+    a short run. Nor is ``Timer.timeit`` per block: it runs two untimed warm-up calls before every
+    block, so a sample of a call longer than 1 ms cost three calls. Each block is the Timer's own
+    block primitive (``_timeit``, what ``blocked_autorange`` times with); the caller warms up once.
 
     ``clock="cpu"`` times with ``time.thread_time`` (the calling thread's CPU time) instead of
     ``time.perf_counter``: on a shared machine wall time also counts the time other processes hold the
@@ -144,14 +148,72 @@ def time_cpu(
     times: list[float] = []
     total = 0.0
     wall0 = time.perf_counter()
-    while (total < min_run_time or len(times) < min_samples) and total < max_run_time:
-        m = timer.timeit(number)
-        times.extend(m.times)
-        total += m.raw_times[0]
-        if time.perf_counter() - wall0 > max_run_time:  # the CPU clock may run far slower than wall
-            break
+    time_block = _block_timer(timer)
+    with _torch_threads(threads):
+        while (total < min_run_time or len(times) < min_samples) and total < max_run_time:
+            block = time_block(number)
+            times.append(block / number)
+            total += block
+            if time.perf_counter() - wall0 > max_run_time:  # the CPU clock may run far slower than wall
+                break
     name = "thread_time" if clock == "cpu" else "perf_counter"
     return stats_from(times, f"torch.utils.benchmark.Timer({name}).timeit, blocks of {number}")
+
+
+def _block_timer(timer) -> Callable[[int], float]:
+    """Seconds for one block of ``number`` calls, without ``Timer.timeit``'s per-block warm-up.
+    Falls back to ``timeit`` (warm-up included) should a torch release drop the private method."""
+    block = getattr(timer, "_timeit", None)
+    if callable(block):
+        return block
+    return lambda number: timer.timeit(number).raw_times[0]
+
+
+@contextmanager
+def _torch_threads(threads: int):
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+# -- speed probe -----------------------------------------------------------------------------------
+
+PROBE_WINDOW_S = 0.004  # seconds of probe calls before each timed block of samples
+
+
+def speed_probe() -> Callable[[], torch.Tensor]:
+    """A fixed small CPU workload (four rounds of a 256x64 by 64x64 matmul, tanh and a cumsum over
+    the 256 rows; about 0.4 ms on one core of this VM). Timing it just before a row's samples says
+    how fast the machine is at that moment: a shared VM's speed drifts by 10-30 % over seconds and
+    minutes, and a row's time divided by the probe's (``x_probe``) cancels most of that drift."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 64, generator=gen)
+    w = torch.randn(64, 64, generator=gen) / 8
+
+    def probe() -> torch.Tensor:
+        h = a
+        for _ in range(4):
+            h = torch.cumsum(torch.tanh(h @ w), 0) / 16
+        return h
+
+    return probe
+
+
+def time_probe(probe: Callable[[], object], clock: str, window: float = PROBE_WINDOW_S) -> float:
+    """Median seconds of one probe call over ``window`` seconds (at least 5 calls), after one
+    warm-up call, on ``clock``."""
+    now = clock_function(clock)
+    probe()
+    times: list[float] = []
+    start = now()
+    while len(times) < 5 or now() - start < window:
+        t0 = now()
+        probe()
+        times.append(now() - t0)
+    return float(np.median(times))
 
 
 def time_cuda(fn: Callable[[], object], grad_to_none: Sequence[torch.Tensor] | None = None) -> Stats:
