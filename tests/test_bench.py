@@ -375,11 +375,14 @@ def test_skipped_rows_carry_reasons(fakes):
 
 
 def test_time_cap_on_a_measured_call(fakes):
-    cfg = ThroughputConfig(
-        seq_lens=(64,), passes=("fwd",), time_cap=0.001, baseline=None, clock="wall", **TINY
-    )
-    (row,) = run_throughput(["_bench-sleepy"], cfg)  # one call sleeps ~13 ms
-    assert row["status"] == "skipped" and "call took" in row["reason"] and "time cap" in row["reason"]
+    """Skipped when both untimed calls exceed the cap; hopeless (10x the cap) after the first."""
+    kw = dict(seq_lens=(64,), passes=("fwd",), baseline=None, clock="wall", **TINY)
+    (row,) = run_throughput(["_bench-sleepy"], ThroughputConfig(time_cap=0.005, **kw))  # sleeps ~13 ms
+    assert row["status"] == "skipped" and "time cap 0.005 s: both untimed calls took longer" in row["reason"]
+    (row,) = run_throughput(["_bench-sleepy"], ThroughputConfig(time_cap=0.001, **kw))
+    assert row["status"] == "skipped" and "the first call took" in row["reason"]
+    (row,) = run_throughput(["_bench-sleepy"], ThroughputConfig(time_cap=0.5, **kw))
+    assert row["status"] == "ok"
 
 
 # -- numerics ------------------------------------------------------------------------------------------
