@@ -585,7 +585,7 @@ class _CandidateRunner:
         if self.device.type == "cuda":
             flops = count_flops(fn)
             stats = time_cuda(fn, grad_to_none=grads)
-            planned = 1
+            planned, method = 1, stats.method
             timed = {
                 "median_s": stats.median,
                 "p20_s": stats.p20,
@@ -599,20 +599,20 @@ class _CandidateRunner:
             pool = _Pool([], [], [], "")
             self._time_block(fn, call, planned, clock, pool)
             timed = pool.fields(tokens) | {"_pool": pool}
-            stats = stats_from(pool.samples, pool.method)
+            method = pool.method
         self.model.zero_grad(set_to_none=True)
         out |= timed | {
             "rounds_timed": 1,
             "rounds_planned": planned,
             "complete": planned == 1,
-            "timing_method": stats.method,
+            "timing_method": method,
             "clock": clock,
             "tokens_per_call": tokens,
             "flops": flops,
         }
         if flops:
             peak_tf, peak_key = peak_tflops(self.writer.env["device_name"], self.dtype)
-            achieved = flops / stats.median / 1e12
+            achieved = flops / timed["median_s"] / 1e12
             out |= {
                 "tflops": achieved,
                 "peak_tflops": peak_tf,
