@@ -96,13 +96,17 @@ class DiagonalMixer(TransitionMixer):
     reference="Gu et al. 2022, On the parameterization and initialization of diagonal state space models (S4D-Real)",
 )
 class S4DMixer(TransitionMixer):
-    """Time-invariant diagonal transition: ``a[h, n] = exp(-dt_h * A_n)``, learned, the same at every step.
+    """S4D: a linear time-invariant (LTI) diagonal SSM, ``h_t = diag(a) h_{t-1} + B v_t^T``,
+    ``y_t = C^T h_t``, with ``a[h, n] = exp(-dt_h * A_n)``, ``B`` and ``C`` learned constants, the same
+    at every step — a fixed convolution of ``v_t`` (the input's projection), as S4/S4D are in the
+    comparisons it stands for (Mamba's selective-copying table: time-invariant S4 vs selective S6;
+    H3's associative recall: S4D).
 
     S4D-Real initialisation: ``A_n = n + 1`` (parameterised as ``exp(log_A)`` so it stays positive)
-    and ``dt_h`` log-uniform in [1e-3, 1e-1] per head, giving decays from ~0.999 to ~0.2. This is the
-    time-invariant reference of the group: only ``A`` differs from ``diagonal``. By default ``q_t, k_t``
-    are the group's input-dependent projections; ``time_invariant_bc=True`` replaces them with learned
-    constant vectors (``B = k``, ``C = q``), making the whole mixer LTI as in S4D proper.
+    and ``dt_h`` log-uniform in [1e-3, 1e-1] per head, giving decays from ~0.999 to ~0.2.
+    ``time_invariant_bc=False`` makes ``B, C`` the group's input-dependent projections ``k_t, q_t``
+    (the decay stays fixed): an ablation between S4D and ``diagonal`` (Mamba's selective B and C
+    without a selective step size).
     """
 
     def __init__(
@@ -111,7 +115,7 @@ class S4DMixer(TransitionMixer):
         n_heads: int = 4,
         d_state: int = 16,
         chunk_size: int = 64,
-        time_invariant_bc: bool = False,
+        time_invariant_bc: bool = True,
     ) -> None:
         super().__init__(d_model, n_heads, d_state, chunk_size)
         self.time_invariant_bc = time_invariant_bc

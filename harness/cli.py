@@ -160,10 +160,8 @@ def _bench_extra(store: RecordStore, candidates: list[str]):
 
 def _print_board(args, records, candidates, tasks, title) -> None:
     extra = _bench_extra(_store(args), candidates) if getattr(args, "bench", False) else None
-    board = lb.build_leaderboard(records, candidates, tasks, extra=extra)
-    text = lb.render(
-        board, tasks, args.format, title=None if args.format in ("json", "csv", "html") else title
-    )
+    board = lb.build_board(records, candidates, tasks, extra=extra)
+    text = lb.render(board, args.format, title=None if args.format in ("json", "csv") else title)
     if args.output:
         Path(args.output).write_text(text + "\n")
         print(f"leaderboard written to {args.output}", file=sys.stderr)
@@ -186,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     res = run_sweep(runs, _store(args), force=args.force, progress=not args.quiet)
-    for rec in res.records:
+    for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
         print(json.dumps(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
     return 1 if res.failed else 0
 
@@ -200,6 +198,9 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
         "seed",
         "lr",
         "status",
+        "steps_done",
+        "steps_to_solve",
+        "valid_score",
         "valid",
         "test",
         "test_lengths",
@@ -216,7 +217,9 @@ def _summary_line(rec: dict[str, Any]) -> str:
     if rec["status"] == "ok":
         s += f"test token acc {rec['test']['token_acc']:.3f}, seq acc {rec['test']['seq_acc']:.3f}"
         for L, v in (rec.get("test_lengths") or {}).items():
-            s += f"; T={L}: {v['token_acc']:.3f}"
+            s += f"; T={L}: {v['token_acc']:.3f} (beyond training length {v['beyond_token_acc']:.3f})"
+        solved = rec.get("steps_to_solve")
+        s += f"; solved at step {solved}" if solved else f"; not solved in {rec.get('steps_done')} steps"
         s += f"  [{rec.get('wall_seconds', 0):.1f} s]"
     elif rec["status"] == "diverged":
         s += f"DIVERGED at step {rec.get('diverged_at_step')}"
@@ -230,13 +233,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     candidates = _compare_candidates(args)
     tasks = _tasks_arg(args)
+    n_seeds, lrs = args.seeds, [float(x) for x in split_names(args.lrs)] or None
+    if args.look:
+        n_seeds = 1
+        lrs = lrs or [_look_lr(args.tier, tasks)]
     runs = plan(
         candidates,
         tasks,
         args.tier,
-        n_seeds=args.seeds,
-        lrs=[float(x) for x in split_names(args.lrs)] or None,
+        n_seeds=n_seeds,
+        lrs=lrs,
         device=args.device,
+        scheme=args.lr_search,
     )
     store = _store(args)
     t0 = time.perf_counter()
@@ -246,16 +254,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     res = run_sweep(runs, store, force=args.force, progress=not args.quiet, jobs=jobs)
     took = time.perf_counter() - t0
     print(
-        f"{len(runs)} runs: {res.ran} trained, {res.reused} reused from {store.runs}; "
+        f"{res.ran + res.reused} runs: {res.ran} trained, {res.reused} reused from {store.runs}; "
         f"{len(res.failed)} failed, {sum(r.get('status') == 'diverged' for r in res.records)} diverged "
         f"(new and reused); {took:.1f} s",
         file=sys.stderr,
     )
-    title = f"{args.group or 'compare'} — tier {args.tier}, test token accuracy (lr chosen on valid)"
+    title = _title(args.group or "compare", args.tier, look=args.look)
     _print_board(args, res.records, candidates, tasks, title)
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
     return 1 if res.failed else 0
+
+
+def _look_lr(tier: str, tasks: list[str]) -> float:
+    """The fast look's one rate: the middle of the tier's grid."""
+    from harness.train import task_tier
+
+    grid = task_tier(tasks[0], tier).lrs
+    return float(grid[len(grid) // 2])
+
+
+def _title(name: str, tier: str, look: bool) -> str:
+    title = (
+        f"{name} — tier {tier}: test score at the rate chosen on valid (extrap where the task has lengths)"
+    )
+    if look:
+        title = f"FAST LOOK, NOT A VERDICT (one seed, one rate) — {title}"
+    return title
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -282,7 +307,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         )
     tasks = tasks or sorted({r["task"] for r in records})
     candidates = candidates or sorted({r["candidate"] for r in records})
-    title = f"{args.group or 'leaderboard'} — tier {args.tier}, from stored records"
+    title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
     _print_board(args, records, candidates, tasks, title)
     return 1 if bad else 0
 
@@ -351,8 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", help="write the leaderboard to this file instead of stdout")
         _add_common(p)
         if name == "compare":
-            p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's)")
+            p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's, 3 at quick)")
             p.add_argument("--lrs", help="comma-separated learning rates (default: the tier's grid)")
+            p.add_argument(
+                "--lr-search",
+                default="first-seed",
+                choices=["first-seed", "grid"],
+                help="first-seed (default): the first seed tries every rate, the others run at the rate it "
+                "chose on valid; grid: every seed at every rate, chosen by the mean over seeds",
+            )
+            p.add_argument(
+                "--look",
+                action="store_true",
+                help="a fast look, not a verdict: one seed, one rate (the middle of the grid)",
+            )
             p.add_argument("--device", default="cpu")
             p.add_argument("--force", action="store_true", help="rerun even if records exist")
             p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,50 +1,30 @@
-"""Leaderboards: pandas over stored records, rendered with tabulate or exported.
+"""Leaderboards: stored records -> verdicts (``harness.scoring``) -> a table people can check.
 
-Per (candidate, task): the learning rate is chosen by mean *valid* token accuracy over seeds, and the
-*test* accuracy at that rate is reported as mean ± a 95% t-interval over seeds (no interval with one
-seed). ``extrap`` is the mean test token accuracy over the task's longer test lengths, counting
-only positions beyond the training length. ``rank`` is
-the mean over tasks of the candidate's rank by test accuracy (1 = best, ties share the best rank).
-Runs that diverged count as accuracy 0 at their learning rate; failed runs are listed, not scored.
+Per (candidate, task) the cell shows the test score at the learning rate chosen on valid, mean ±
+95 % t-interval over seeds. For tasks with a length axis the *extrapolation* column (accuracy at the
+longer test lengths, positions beyond the training length only) is the one that ranks; the
+in-distribution column is shown beside it. Reference rows (chance, and the best trivial predictor,
+``harness.reference``) sit under the candidates, and a column that cannot tell a solver from a
+guesser is flagged under the table. A second table gives each cell's chosen rate and how many
+seeds solved the task, in how many steps (median). Ranks: ``harness.scoring``.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 from tabulate import tabulate
 
+from harness.reference import TaskReference, reference_for
+from harness.scoring import Cell, cells, column_flags, task_ranks
+
 FORMATS = ("table", "markdown", "csv", "json", "html")
-
-
-def _ci95(values: list[float]) -> float:
-    if len(values) < 2:
-        return float("nan")
-    sem = stats.sem(values)
-    return float(sem * stats.t.ppf(0.975, len(values) - 1))
-
-
-def _test_acc(r: dict[str, Any]) -> float:
-    return r["test"]["token_acc"] if r.get("status") == "ok" else 0.0
-
-
-def _valid_acc(r: dict[str, Any]) -> float:
-    return r["valid"]["token_acc"] if r.get("status") == "ok" else 0.0
-
-
-def _extrap(r: dict[str, Any], has_lengths: bool) -> float | None:
-    """Mean beyond-training-length accuracy; a diverged run scores 0 where the task has lengths."""
-    if r.get("status") != "ok":
-        return 0.0 if has_lengths else None
-    lengths = r.get("test_lengths") or {}
-    if not lengths:
-        return None
-    return sum(v.get("beyond_token_acc", v["token_acc"]) for v in lengths.values()) / len(lengths)
 
 
 def select_records(
@@ -67,58 +47,48 @@ def select_records(
     return out
 
 
-def aggregate(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (candidate, task) at the learning rate chosen on valid."""
-    scored = [r for r in records if r.get("status") in ("ok", "diverged")]
-    if not scored:
-        return pd.DataFrame(
-            columns=["candidate", "task", "lr", "seeds", "test", "test_ci", "extrap", "seq", "diverged"]
-        )
-    tasks_with_lengths = {r["task"] for r in scored if r.get("status") == "ok" and r.get("test_lengths")}
-    rows = []
-    for r in scored:
-        rows.append(
-            {
-                "candidate": r["candidate"],
-                "task": r["task"],
-                "lr": r["lr"],
-                "seed": r["seed"],
-                "valid": _valid_acc(r),
-                "test": _test_acc(r),
-                "seq": r["test"]["seq_acc"] if r.get("status") == "ok" else 0.0,
-                "extrap": _extrap(r, r["task"] in tasks_with_lengths),
-                "diverged": r.get("status") == "diverged",
-            }
-        )
-    df = pd.DataFrame(rows)
-    out = []
-    for (cand, task), g in df.groupby(["candidate", "task"], sort=False):
-        by_lr = g.groupby("lr")["valid"].mean()
-        best_lr = by_lr.idxmax()
-        sel = g[g["lr"] == best_lr]
-        tests = sel["test"].tolist()
-        extr = [x for x in sel["extrap"].tolist() if x is not None and not _isnan(x)]
-        out.append(
-            {
-                "candidate": cand,
-                "task": task,
-                "lr": best_lr,
-                "seeds": len(sel),
-                "test": sum(tests) / len(tests),
-                "test_ci": _ci95(tests),
-                "extrap": sum(extr) / len(extr) if extr else None,
-                "seq": sel["seq"].mean(),
-                "diverged": int(sel["diverged"].sum()),
-            }
-        )
-    return pd.DataFrame(out)
+@dataclass
+class Column:
+    """One displayed score column: a task's ranking score, or its in-distribution accuracy."""
+
+    task: str
+    label: str
+    ranks: bool  # this column ranks the task
+    reference: float | None
+    reference_name: str | None
+    chance: float | None
+    flags: list[str] = field(default_factory=list)
 
 
-def _isnan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+@dataclass
+class Board:
+    candidates: list[str]
+    tasks: list[str]
+    cells: dict[tuple[str, str], Cell]
+    ranks: dict[str, dict[str, int]]  # task -> candidate -> rank
+    overall: dict[str, float | None]  # None: incomplete
+    columns: list[Column]
+    references: dict[str, TaskReference | None]
+    info: dict[str, dict[str, Any]]  # candidate -> params, state_bytes, state_T
+    extra: pd.DataFrame | None = None
+    n_seeds: int = 0
+
+    def cell(self, cand: str, task: str) -> Cell | None:
+        return self.cells.get((cand, task))
+
+    def n_cells(self, cand: str) -> int:
+        return sum((cand, t) in self.cells for t in self.tasks)
+
+    @property
+    def ordered(self) -> list[str]:
+        def key(c: str) -> tuple:
+            r = self.overall.get(c)
+            return (r is None, r if r is not None else -self.n_cells(c), c)
+
+        return sorted(self.candidates, key=key)
 
 
-def _state_and_params(records: list[dict[str, Any]]) -> pd.DataFrame:
+def _info(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Mixer params and measured state (bytes per sequence per layer) at the longest task length."""
     rows: dict[str, dict[str, Any]] = {}
     for r in records:
@@ -127,65 +97,88 @@ def _state_and_params(records: list[dict[str, Any]]) -> pd.DataFrame:
         cur = rows.get(r["candidate"])
         if cur is None or r["state"]["seq_len"] > cur["state_T"]:
             rows[r["candidate"]] = {
-                "candidate": r["candidate"],
                 "params": r.get("params_mixer"),
                 "state_bytes": r["state"]["state_bytes"],
                 "state_T": r["state"]["seq_len"],
             }
-    return pd.DataFrame(list(rows.values()), columns=["candidate", "params", "state_bytes", "state_T"])
+    return rows
 
 
-def build_leaderboard(
+def _reference(task: str, records: list[dict[str, Any]]) -> TaskReference | None:
+    """The reference rows of the task as these records configured it (None for an unknown task)."""
+    sample = next((r for r in records if r.get("task") == task), None)
+    config = ((sample or {}).get("identity") or {}).get("task_config")
+    if config is None:
+        return None
+    try:
+        return reference_for(task, config)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def build_board(
     records: list[dict[str, Any]],
     candidates: list[str] | None = None,
     tasks: list[str] | None = None,
     extra: pd.DataFrame | None = None,
-) -> pd.DataFrame:
-    """The wide board: one row per candidate, rank-sorted. ``extra`` (indexed by candidate) is merged."""
-    agg = aggregate(records)
-    task_order = tasks or sorted(agg["task"].unique()) if len(agg) else (tasks or [])
-    cand_order = candidates or sorted({r["candidate"] for r in records})
-    board = pd.DataFrame({"candidate": cand_order})
-    sp = _state_and_params(records)
-    board = board.merge(sp, on="candidate", how="left")
-    rank_cols = []
-    for task in task_order:
-        sub = agg[agg["task"] == task].set_index("candidate")
-        board[f"{task}"] = board["candidate"].map(sub["test"]) if len(sub) else float("nan")
-        board[f"{task} ci"] = board["candidate"].map(sub["test_ci"]) if len(sub) else float("nan")
-        if len(sub) and sub["extrap"].notna().any():
-            board[f"{task} extrap"] = board["candidate"].map(sub["extrap"])
-        rank_col = f"_rank_{task}"
-        board[rank_col] = board[task].rank(ascending=False, method="min")
-        rank_cols.append(rank_col)
-    board["rank"] = board[rank_cols].mean(axis=1) if rank_cols else float("nan")
-    board = board.drop(columns=rank_cols)
-    if extra is not None and len(extra):
-        board = board.merge(extra, left_on="candidate", right_index=True, how="left")
-    return board.sort_values(["rank", "candidate"], na_position="last").reset_index(drop=True)
+) -> Board:
+    """Verdicts, ranks, reference rows and column flags of a set of training records."""
+    all_cells = cells(records)
+    tasks = tasks or sorted({t for _, t in all_cells})
+    candidates = candidates or sorted({c for c, _ in all_cells})
+    all_cells = {k: v for k, v in all_cells.items() if k[0] in candidates and k[1] in tasks}
+    ranks: dict[str, dict[str, int]] = {}
+    columns: list[Column] = []
+    references: dict[str, TaskReference | None] = {}
+    for task in tasks:
+        task_cells = {c: all_cells[(c, task)] for c in candidates if (c, task) in all_cells}
+        ranks[task] = task_ranks(task_cells)
+        ref = _reference(task, [r for r in records if r.get("task") == task])
+        references[task] = ref
+        has_lengths = any(cell.has_lengths for cell in task_cells.values())
+        finished = [cell for cell in task_cells.values() if cell.finished]
+        best = ref.best if ref else None
+        col = Column(
+            task,
+            f"{task} extrap" if has_lengths else task,
+            True,
+            best.score if best else None,
+            best.name if best else None,
+            ref.chance if ref else None,
+        )
+        col.flags = column_flags([c.mean for c in finished], [c.low for c in finished], col.reference)
+        if has_lengths:
+            best_in = ref.best_in_dist if ref else None
+            in_col = Column(
+                task,
+                f"{task} in-dist",
+                False,
+                best_in.in_dist if best_in else None,
+                best_in.name if best_in else None,
+                ref.chance if ref else None,
+            )
+            lows = [
+                c.in_dist_mean - (c.in_dist_ci if not math.isnan(c.in_dist_ci) else 0.0) for c in finished
+            ]
+            in_col.flags = column_flags([c.in_dist_mean for c in finished], lows, in_col.reference)
+            columns.append(in_col)
+        columns.append(col)
+    overall: dict[str, float | None] = {}
+    for cand in candidates:
+        per_task = [ranks[t][cand] for t in tasks if cand in ranks[t]]
+        overall[cand] = sum(per_task) / len(per_task) if len(per_task) == len(tasks) and tasks else None
+    n_seeds = max((len(c.seeds) for c in all_cells.values()), default=0)
+    return Board(
+        candidates, tasks, all_cells, ranks, overall, columns, references, _info(records), extra, n_seeds
+    )
 
 
-def modifier_pairs(board: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    """For each ``X+mod`` row with ``X`` present: per task, accuracy of X+mod minus X."""
-    by_name = board.set_index("candidate")
-    rows = []
-    for name in board["candidate"]:
-        if "+" not in name:
-            continue
-        base = name.rpartition("+")[0]
-        if base not in by_name.index:
-            continue
-        row: dict[str, Any] = {"pair": f"{name} vs {base}"}
-        for t in tasks:
-            if t in by_name.columns:
-                row[f"{t} base"] = by_name.at[base, t]
-                row[f"{t} modified"] = by_name.at[name, t]
-                row[f"{t} diff"] = by_name.at[name, t] - by_name.at[base, t]
-        rows.append(row)
-    return pd.DataFrame(rows)
+# -- values for display ----------------------------------------------------------------------------
+def _isnan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
 
 
-def _fmt_acc(v: Any, ci: Any = None) -> str:
+def _fmt_acc(v: float | None, ci: float | None = None) -> str:
     if v is None or _isnan(v):
         return "-"
     s = f"{v:.3f}"
@@ -209,71 +202,238 @@ def _fmt_num(v: Any) -> str:
     return f"{int(v):,}"
 
 
-def display_frame(board: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
-    """Human-formatted columns: accuracies with CI, sizes in KiB, ranks to 2 decimals."""
-    out = pd.DataFrame({"candidate": board["candidate"]})
-    out["params"] = board["params"].map(_fmt_num)
-    state_t = board["state_T"].dropna()
-    label = f"state @T={int(state_t.max())}" if len(state_t) else "state"
-    out[label] = board["state_bytes"].map(_fmt_bytes)
-    for t in tasks:
-        if t not in board.columns:
+def _cell_text(cell: Cell | None, col: Column) -> str:
+    if cell is None:
+        return "-"
+    if cell.status != "ok":
+        return cell.status.upper()
+    if col.ranks:
+        return _fmt_acc(cell.mean, cell.ci)
+    return _fmt_acc(cell.in_dist_mean, cell.in_dist_ci)
+
+
+def _detail_text(cell: Cell | None) -> str:
+    if cell is None:
+        return "-"
+    solved = cell.n_solved
+    steps = cell.median_steps_to_solve
+    s = f"lr {cell.lr:g}; solved {solved}/{len(cell.seeds)}"
+    if steps is not None:
+        s += f" @{steps:.0f}"
+    bad = {k: v for k, v in cell.status_counts.items() if k != "ok"}
+    if bad:
+        s += "; " + ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
+    return s
+
+
+def _rank_text(board: Board, cand: str) -> str:
+    r = board.overall.get(cand)
+    if r is None:
+        return f"incomplete: {board.n_cells(cand)} of {len(board.tasks)} cells"
+    return f"{r:.2f}"
+
+
+def main_frame(board: Board) -> pd.DataFrame:
+    """The main table as text: candidates, then the reference rows."""
+    rows = []
+    state_t = [i["state_T"] for i in board.info.values() if i.get("state_T")]
+    state_label = f"state @T={max(state_t)}" if state_t else "state"
+    for cand in board.ordered:
+        info = board.info.get(cand, {})
+        row = {
+            "candidate": cand,
+            "params": _fmt_num(info.get("params")),
+            state_label: _fmt_bytes(info.get("state_bytes")),
+        }
+        for col in board.columns:
+            row[col.label] = _cell_text(board.cell(cand, col.task), col)
+        if board.extra is not None and cand in board.extra.index:
+            for k, v in board.extra.loc[cand].items():
+                row[k] = _fmt_num(v)
+        row["rank"] = _rank_text(board, cand)
+        rows.append(row)
+    for label, getter in (
+        ("(chance)", lambda col: col.chance),
+        ("(best trivial predictor)", lambda col: col.reference),
+    ):
+        row = {"candidate": label, "params": "", state_label: ""}
+        for col in board.columns:
+            v = getter(col)
+            row[col.label] = "-" if v is None else f"{v:.3f}"
+        row["rank"] = ""
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def detail_frame(board: Board) -> pd.DataFrame:
+    rows = []
+    for cand in board.ordered:
+        row = {"candidate": cand}
+        for task in board.tasks:
+            cell = board.cell(cand, task)
+            rank = board.ranks[task].get(cand)
+            row[task] = _detail_text(cell) + (f"; rank {rank}" if rank is not None else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def modifier_pairs(board: Board) -> pd.DataFrame:
+    """For each ``X+mod`` row with ``X`` present: per ranking column, X+mod minus X."""
+    rows = []
+    for name in board.candidates:
+        if "+" not in name:
             continue
-        out[t] = [_fmt_acc(v, c) for v, c in zip(board[t], board[f"{t} ci"])]
-        if f"{t} extrap" in board.columns:
-            out[f"{t} extrap"] = board[f"{t} extrap"].map(_fmt_acc)
-    known = {"candidate", "params", "state_bytes", "state_T", "rank"}
+        base = name.rpartition("+")[0]
+        if base not in board.candidates:
+            continue
+        row: dict[str, Any] = {"pair": f"{name} vs {base}"}
+        for task in board.tasks:
+            a, b = board.cell(base, task), board.cell(name, task)
+            if a is not None and b is not None:
+                row[task] = f"{a.mean:.3f} -> {b.mean:.3f} ({b.mean - a.mean:+.3f})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def notes(board: Board) -> list[str]:
+    out = []
     for col in board.columns:
-        if col in known or any(col == t or col.startswith(f"{t} ") for t in tasks):
-            continue
-        out[col] = board[col].map(_fmt_num)
-    out["rank"] = board["rank"].map(lambda v: "-" if _isnan(v) else f"{v:.2f}")
+        for reason in col.flags:
+            out.append(f"FLAG {col.label}: {reason}")
+    ref_names = {col.label: col.reference_name for col in board.columns if col.reference_name}
+    if ref_names:
+        out.append(
+            "best trivial predictor per column: "
+            + "; ".join(f"{label}: {name}" for label, name in ref_names.items())
+        )
+    if board.n_seeds <= 1:
+        out.append(
+            "one seed per cell: no intervals, so ranks carry no interval and are not a verdict "
+            "(the default runs 3 seeds)"
+        )
+    else:
+        out.append(
+            f"{board.n_seeds} seeds per cell, mean ± 95% t-interval; a task's rank is 1 + the number of "
+            "candidates whose interval lies wholly above (overlapping intervals tie); failed or diverged "
+            "cells rank last; rank = mean task rank, only for candidates with every cell"
+        )
+    out.append(
+        "extrap: accuracy at the longer test lengths, positions beyond the training length only; it is "
+        "the ranking score of tasks with a length axis"
+    )
     return out
 
 
-def render(board: pd.DataFrame, tasks: list[str], fmt: str = "table", title: str | None = None) -> str:
+def render(board: Board, fmt: str = "table", title: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps(_json_rows(board), indent=2, default=_json_default)
+        return json.dumps(json_rows(board), indent=2, allow_nan=False)
     if fmt == "csv":
-        return board.to_csv(index=False)
-    shown = display_frame(board, tasks)
+        return csv_frame(board).to_csv(index=False)
+    shown, details = main_frame(board), detail_frame(board)
     if fmt == "html":
-        return shown.to_html(index=False, border=0)
+        return _html(board, shown, details, title)
     tablefmt = "github" if fmt == "markdown" else "simple_outline"
-    text = tabulate(
-        shown.values.tolist(), headers=list(shown.columns), tablefmt=tablefmt, disable_numparse=True
-    )
-    pairs = modifier_pairs(board, tasks)
+
+    def table(frame: pd.DataFrame) -> str:
+        values = frame.values.tolist()
+        if fmt == "markdown":
+            values = [[_md_escape(str(v)) for v in row] for row in values]
+        headers = [_md_escape(str(h)) if fmt == "markdown" else str(h) for h in frame.columns]
+        return tabulate(values, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+    parts = [table(shown)]
+    parts.append("\n".join(f"- {n}" if fmt == "markdown" else f"* {n}" for n in notes(board)))
+    parts.append("Chosen learning rate; seeds that solved the task @ median steps to solve; task rank:")
+    parts.append(table(details))
+    pairs = modifier_pairs(board)
     if len(pairs):
-        shown_pairs = pd.DataFrame({"pair": pairs["pair"]})
-        for t in tasks:
-            if f"{t} diff" in pairs.columns:
-                shown_pairs[t] = [
-                    "-" if _isnan(d) else f"{b:.3f} -> {m:.3f} ({d:+.3f})"
-                    for b, m, d in zip(pairs[f"{t} base"], pairs[f"{t} modified"], pairs[f"{t} diff"])
-                ]
-        text += "\n\nModifier pairs (test token accuracy: base -> modified (modified - base)):\n"
-        text += tabulate(
-            shown_pairs.values.tolist(),
-            headers=list(shown_pairs.columns),
-            tablefmt=tablefmt,
-            disable_numparse=True,
-        )
-    if title:
-        text = f"{title}\n{text}"
-    return text
+        parts.append("Modifier pairs (ranking score: base -> modified (modified - base)):")
+        parts.append(table(pairs.fillna("-")))
+    text = "\n\n".join(parts)
+    return f"{title}\n\n{text}" if title else text
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
+def _md_escape(text: str) -> str:
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
-def _json_rows(board: pd.DataFrame) -> list[dict[str, Any]]:
+def _html(board: Board, shown: pd.DataFrame, details: pd.DataFrame, title: str | None) -> str:
+    body = [f"<h2>{html.escape(title)}</h2>" if title else ""]
+    body.append(shown.to_html(index=False, border=0, escape=True))
+    body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes(board)) + "</ul>")
+    body.append(details.to_html(index=False, border=0, escape=True))
+    return "\n".join(body)
+
+
+def csv_frame(board: Board) -> pd.DataFrame:
     rows = []
-    for rec in board.to_dict(orient="records"):
-        rows.append({k: (None if _isnan(v) else v) for k, v in rec.items()})
-    return rows
+    for cand in board.ordered:
+        for task in board.tasks:
+            cell = board.cell(cand, task)
+            if cell is None:
+                continue
+            rows.append(
+                {
+                    "candidate": cand,
+                    "task": task,
+                    "status": cell.status,
+                    "score": cell.mean,
+                    "ci95": None if _isnan(cell.ci) else cell.ci,
+                    "in_dist": cell.in_dist_mean,
+                    "lr": cell.lr,
+                    "n_seeds": len(cell.seeds),
+                    "n_solved": cell.n_solved,
+                    "median_steps_to_solve": cell.median_steps_to_solve,
+                    "task_rank": board.ranks[task].get(cand),
+                    "rank": board.overall.get(cand),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def json_rows(board: Board) -> list[dict[str, Any]]:
+    """One object per candidate (``candidate`` key), snake_case keys, no NaN."""
+    out = []
+    for cand in board.ordered:
+        info = board.info.get(cand, {})
+        tasks = {}
+        for task in board.tasks:
+            cell = board.cell(cand, task)
+            if cell is None:
+                continue
+            ci = cell.ci
+            tasks[task] = {
+                "status": cell.status,
+                "mean": _num(cell.mean),
+                "ci_low": None if _isnan(ci) else cell.mean - ci,
+                "ci_high": None if _isnan(ci) else cell.mean + ci,
+                "n_seeds": len(cell.seeds),
+                "scores": [_num(s) for s in cell.scores],
+                "in_dist_mean": _num(cell.in_dist_mean),
+                "extrapolation_by_length": {k: _num(v) for k, v in cell.by_length.items()},
+                "lr": cell.lr,
+                "lrs_tried": cell.lrs,
+                "steps_to_solve": cell.steps_to_solve,
+                "status_counts": cell.status_counts,
+                "rank": board.ranks[task].get(cand),
+            }
+        out.append(
+            {
+                "candidate": cand,
+                "params": info.get("params"),
+                "state_bytes": info.get("state_bytes"),
+                "rank": _num(board.overall.get(cand)) if board.overall.get(cand) is not None else None,
+                "complete": board.overall.get(cand) is not None,
+                "cells": board.n_cells(cand),
+                "tasks": tasks,
+            }
+        )
+    return out

@@ -9,17 +9,15 @@ point names a module (importing it registers) or a callable (called with no argu
 
 from __future__ import annotations
 
-import ast
 import difflib
-import hashlib
 import importlib
 import inspect
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+from harness.identity import class_source_hash
 
 CANDIDATE_ENTRY_POINTS = "mixer_harness.candidates"
 TASK_ENTRY_POINTS = "mixer_harness.tasks"
@@ -80,11 +78,11 @@ class CandidateSpec:
         return self.cls(d_model, **hp)
 
     def source_hash(self) -> str:
-        """Hash of the source files the candidate's behaviour depends on (its module and kernels).
+        """Hash of the source files the candidate's behaviour depends on (``harness.identity``).
 
-        Part of a run's identity: editing a candidate invalidates its stored results.
+        Part of a run's identity: editing a candidate or a kernel it calls invalidates its results.
         """
-        return source_hash_of(self.cls)
+        return class_source_hash(self.cls)
 
     @property
     def needs_cuda(self) -> bool:
@@ -98,7 +96,8 @@ class TaskSpec:
     reference: str
 
     def source_hash(self) -> str:
-        return source_hash_of(self.cls)
+        """Hash of the task module and what it imports (``harness.identity``)."""
+        return class_source_hash(self.cls)
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,6 @@ def unregister(name: str) -> None:
     """Remove a candidate or task (tests that register temporary ones clean up with this)."""
     _CANDIDATES.pop(name, None)
     _TASKS.pop(name, None)
-    _HASH_CACHE.clear()
 
 
 def candidate_names() -> list[str]:
@@ -308,68 +306,3 @@ def group_members(group: str) -> list[str]:
     if group not in all_groups:
         raise RegistryError(suggest(group, [*all_groups, "all"], "group"))
     return all_groups[group]
-
-
-_HASH_CACHE: dict[str, str] = {}
-
-
-_TRACKED_PREFIXES = ("harness.kernels", "harness.candidates", "harness.mixer")
-
-
-def _imported_modules(module_name: str) -> list[str]:
-    """Module names a module imports (absolute, relative resolved), from its source's AST."""
-    module = sys.modules.get(module_name)
-    path = getattr(module, "__file__", None)
-    if not path:
-        return []
-    package = module_name if Path(path).name == "__init__.py" else module_name.rpartition(".")[0]
-    names: list[str] = []
-    for node in ast.walk(ast.parse(Path(path).read_text())):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parent = ".".join(parts[: len(parts) - node.level + 1])
-                base = f"{parent}.{base}" if base else parent
-            names.append(base)
-            names.extend(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return [n for n in names if n in sys.modules]
-
-
-def source_files_of(cls: type) -> list[Path]:
-    """The source files a candidate's numbers depend on: every module of its MRO outside torch and
-    the standard library (the candidate, a shared base such as the transitions shell, the wrapped
-    candidate of a modifier) and, transitively, the ``harness.kernels`` / ``harness.candidates``
-    modules they import. Unrelated kernels are left out, so editing one kernel does not invalidate
-    the stored results of candidates that never call it."""
-    roots = [k.__module__ for k in cls.__mro__]
-    todo = [m for m in roots if m.split(".")[0] not in ("builtins", "abc", "typing", "torch")]
-    seen: list[str] = []
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.append(name)
-        todo.extend(m for m in _imported_modules(name) if m.startswith(_TRACKED_PREFIXES))
-    files = []
-    for name in seen:
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if path and Path(path) not in files:
-            files.append(Path(path))
-    return sorted(files)
-
-
-def source_hash_of(cls: type) -> str:
-    """sha256 (16 hex) over ``source_files_of(cls)``: editing a candidate or a kernel it calls
-    changes the hash, so stored results of that candidate are not reused."""
-    key = qualname(cls)
-    if key in _HASH_CACHE:
-        return _HASH_CACHE[key]
-    h = hashlib.sha256()
-    for f in source_files_of(cls):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    _HASH_CACHE[key] = h.hexdigest()[:16]
-    return _HASH_CACHE[key]

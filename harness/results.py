@@ -11,13 +11,14 @@ silently skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from harness.identity import canonical_json, run_id_for  # noqa: F401 - re-exported
 
 RECORD_SCHEMA = 1
 
@@ -26,15 +27,6 @@ class CorruptRecord(RuntimeError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"corrupt result record {path}: {reason} (delete it or rerun with --force)")
         self.path = path
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def run_id_for(identity: dict[str, Any]) -> str:
-    """Stable 16-hex id of an identity dict (key order does not matter)."""
-    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -1,42 +1,73 @@
-"""A sweep: every (candidate, task, seed, learning rate) of a comparison, run where missing.
+"""A sweep: every (candidate, task) cell of a comparison, its seeds and learning rates, run where
+missing.
+
+Each cell chooses its learning rate on valid (``harness.scoring.choose_rate``) under one of two
+schemes:
+  - ``first-seed`` (the default): the first seed runs at every rate of the grid; the rate that wins
+    on valid is then run with the remaining seeds. ``len(lrs) + len(seeds) - 1`` runs a cell.
+  - ``grid``: every seed at every rate, the rate chosen by the mean over seeds. ``len(lrs) *
+    len(seeds)`` runs a cell.
+Follow-up runs are scheduled the moment a cell's selection runs are done, so the workers never wait
+for the whole grid.
 
 Finished records (status ok or diverged) are reused; a run that failed (raised) is retried on the
 next sweep, since a crash says nothing about the candidate's quality. Each record is written the
 moment its run ends, so an interrupted sweep resumes where it stopped.
 
-Runs are single-threaded (see ``harness.train.TRAIN_THREADS``), so ``jobs`` worker processes use
+Runs are single-threaded (see ``harness.training.TRAIN_THREADS``), so ``jobs`` worker processes use
 ``jobs`` cores and a run's result does not depend on how many ran beside it.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import multiprocessing
 import os
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm import tqdm
 
-from harness.registry import get_task
 from harness.results import RecordStore
-from harness.tiers import get_tier
-from harness.train import ResolvedRun, RunSpec, execute, resolve
+from harness.scoring import choose_rate
+from harness.train import ResolvedRun, RunSpec, execute, resolve, task_tier
 
 REUSABLE = ("ok", "diverged")
+SCHEMES = ("first-seed", "grid")
 
 
-@dataclass
-class SweepResult:
-    records: list[dict[str, Any]] = field(default_factory=list)
-    ran: int = 0
-    reused: int = 0
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    diverged: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
+@dataclass(frozen=True)
+class CellPlan:
+    """One (candidate, task) of a sweep: the seeds, the rate grid and how the rate is chosen."""
+
+    base: RunSpec  # candidate, task, tier and settings; seed and lr are filled in per run
+    seeds: tuple[int, ...]
+    lrs: tuple[float, ...]
+    scheme: str = "first-seed"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.base.candidate, self.base.task)
+
+    def selection_specs(self) -> list[RunSpec]:
+        """The runs the rate is chosen from."""
+        seeds = self.seeds if self.scheme == "grid" or len(self.lrs) == 1 else self.seeds[:1]
+        return [replace(self.base, seed=s, lr=lr) for s in seeds for lr in self.lrs]
+
+    def followup_specs(self, selection_records: list[dict[str, Any]]) -> list[RunSpec]:
+        """The runs left once the rate is chosen (the other seeds at that rate)."""
+        done = {r["seed"] for r in selection_records}
+        lr, _ = choose_rate(selection_records)
+        return [replace(self.base, seed=s, lr=lr) for s in self.seeds if s not in done]
+
+    @property
+    def n_runs(self) -> int:
+        n_sel = len(self.selection_specs())
+        return n_sel + (len(self.seeds) - len({s.seed for s in self.selection_specs()}))
 
 
 def plan(
@@ -50,31 +81,42 @@ def plan(
     task_overrides: dict[str, dict[str, Any]] | None = None,
     train_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
-) -> list[ResolvedRun]:
-    """Resolve every run of the sweep up front, so a bad name fails before any training."""
-    tier_cfg = get_tier(tier)
-    if seeds is None:
-        seeds = list(range(n_seeds if n_seeds is not None else tier_cfg.n_seeds))
-    runs = []
+    scheme: str = "first-seed",
+) -> list[CellPlan]:
+    """Every cell of the sweep; each selection run is resolved now, so a bad name or value fails
+    before any training."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown rate-selection scheme {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    cells = []
     for task in tasks:
-        task_cls = get_task(task).cls
-        task_lrs = lrs or list(tier_cfg.with_overrides(task_cls.train_overrides(tier)).lrs)
+        tier_cfg = task_tier(task, tier, train_overrides)
+        task_seeds = tuple(
+            seeds if seeds is not None else range(n_seeds if n_seeds is not None else tier_cfg.n_seeds)
+        )
+        task_lrs = tuple(float(x) for x in (lrs or tier_cfg.lrs))
         for cand in candidates:
-            for seed in seeds:
-                for lr in task_lrs:
-                    spec = RunSpec(
-                        candidate=cand,
-                        task=task,
-                        tier=tier,
-                        seed=seed,
-                        lr=lr,
-                        hparams=(hparams or {}).get(cand, {}),
-                        task_overrides=(task_overrides or {}).get(task, {}),
-                        train_overrides=train_overrides or {},
-                        device=device,
-                    )
-                    runs.append(resolve(spec))
-    return runs
+            base = RunSpec(
+                candidate=cand,
+                task=task,
+                tier=tier,
+                hparams=(hparams or {}).get(cand, {}),
+                task_overrides=(task_overrides or {}).get(task, {}),
+                train_overrides=train_overrides or {},
+                device=device,
+            )
+            cell = CellPlan(base, task_seeds, task_lrs, scheme)
+            for spec in cell.selection_specs():
+                resolve(spec)
+            cells.append(cell)
+    return cells
+
+
+@dataclass
+class SweepResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    ran: int = 0
+    reused: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def current_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -129,69 +171,137 @@ def _execute_spec(spec: RunSpec) -> dict[str, Any]:
     return execute(resolve(spec))
 
 
+def budget_tokens(run: ResolvedRun) -> int:
+    """Training tokens of a run's whole budget (steps x batch x length): its cost, known up front."""
+    return run.tier.steps * run.tier.batch_size * run.task.seq_len
+
+
 def longest_first(runs: list[ResolvedRun]) -> list[ResolvedRun]:
-    """Order runs by their training tokens (steps x batch x length), most first, stably.
+    """Order runs by their budget's training tokens, most first, stably.
 
     With a few workers, a long run started last leaves the other workers idle while it finishes;
     starting the long tasks first (longest-processing-time scheduling) keeps that tail short.
     The cost of a step grows with the tokens it processes for every candidate, so the order is
     known before any run has been timed.
     """
-
-    def tokens(run: ResolvedRun) -> int:
-        return run.tier.steps * run.tier.batch_size * run.task.seq_len
-
-    return sorted(runs, key=tokens, reverse=True)
+    return sorted(runs, key=budget_tokens, reverse=True)
 
 
-def _results_in_order_of_completion(todo: list[ResolvedRun], jobs: int) -> Iterator[dict[str, Any]]:
-    if jobs <= 1 or len(todo) <= 1:
-        for run in todo:
-            yield execute(run)
+class _Queue:
+    """Runs waiting to start, longest budget first; follow-ups join in their place."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, ResolvedRun]] = []
+        self._order = itertools.count()
+
+    def push(self, run: ResolvedRun) -> None:
+        heapq.heappush(self._heap, (-budget_tokens(run), next(self._order), run))
+
+    def pop(self) -> ResolvedRun:
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+class _Cells:
+    """Tracks each cell's selection runs; when they are all in, yields the cell's follow-ups."""
+
+    def __init__(self, cells: list[CellPlan]) -> None:
+        self.cells = cells
+        self.waiting: dict[int, dict[str, dict[str, Any] | None]] = {}
+        self.cell_of: dict[str, list[int]] = {}
+        self.selection: list[ResolvedRun] = []
+        for i, cell in enumerate(cells):
+            runs = [resolve(s) for s in cell.selection_specs()]
+            self.selection.extend(runs)
+            self.waiting[i] = dict.fromkeys(r.run_id for r in runs)
+            for r in runs:
+                self.cell_of.setdefault(r.run_id, []).append(i)
+
+    def record_done(self, record: dict[str, Any]) -> list[ResolvedRun]:
+        """Note a finished selection run; the follow-up runs of every cell it completes."""
+        out = []
+        for i in self.cell_of.get(record["run_id"], []):
+            waiting = self.waiting[i]
+            waiting[record["run_id"]] = record
+            if all(r is not None for r in waiting.values()):
+                selection = [r for r in waiting.values() if r is not None]
+                out.extend(resolve(s) for s in self.cells[i].followup_specs(selection))
+        return out
+
+
+def _run_all(queue: _Queue, jobs: int, on_record) -> Iterator[dict[str, Any]]:
+    """Execute queued runs (``jobs`` at a time); ``on_record`` may queue follow-ups."""
+    if jobs <= 1:
+        while len(queue):
+            record = execute(queue.pop())
+            on_record(record)
+            yield record
         return
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(
-        max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_die_with_parent
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
         pending: set[Future] = set()
-        queue = list(todo)
-        while queue or pending:
-            while queue and len(pending) < jobs:
-                pending.add(pool.submit(_execute_spec, queue.pop(0).spec))
+        while len(queue) or pending:
+            while len(queue) and len(pending) < jobs:
+                pending.add(pool.submit(_execute_spec, queue.pop().spec))
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                yield fut.result()
+                record = fut.result()
+                on_record(record)
+                yield record
 
 
 def run_sweep(
-    runs: list[ResolvedRun],
+    cells: list[CellPlan],
     store: RecordStore,
     force: bool = False,
     progress: bool = True,
     jobs: int = 1,
 ) -> SweepResult:
     result = SweepResult()
-    t0 = time.perf_counter()
-    todo: list[ResolvedRun] = []
-    for run in runs:
-        existing = None if force else store.get("train", run.run_id)
-        if existing is not None and existing.get("status") in REUSABLE:
-            result.records.append(existing)
-            result.reused += 1
-        else:
-            todo.append(run)
+    tracker = _Cells(cells)
+    queue = _Queue()
+    seen: set[str] = set()
+    total = sum(cell.n_runs for cell in cells)
+
+    def offer(runs: list[ResolvedRun]) -> None:
+        """Reuse what is stored (following up at once), queue the rest."""
+        todo = list(runs)
+        while todo:
+            run = todo.pop(0)
+            if run.run_id in seen:
+                continue
+            seen.add(run.run_id)
+            existing = None if force else store.get("train", run.run_id)
+            if existing is not None and existing.get("status") in REUSABLE:
+                result.records.append(existing)
+                result.reused += 1
+                todo.extend(tracker.record_done(existing))
+            else:
+                queue.push(run)
+
+    offer(tracker.selection)
     if progress and result.reused:
-        print(f"{result.reused} of {len(runs)} runs reused from {store.runs}", file=sys.stderr)
+        print(f"{result.reused} of {total} runs reused from {store.runs}", file=sys.stderr)
     bar = tqdm(
-        total=len(todo),
+        total=max(total - result.reused, 0),
         desc="runs",
         unit="run",
-        disable=not progress or not todo,
+        disable=not progress or not len(queue),
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for record in _results_in_order_of_completion(longest_first(todo), jobs):
+
+    def on_record(record: dict[str, Any]) -> None:
         store.save(record)
+        before = result.reused
+        offer(tracker.record_done(record))
+        if result.reused > before:  # follow-ups found stored: fewer runs left to train
+            bar.total = max(bar.total - (result.reused - before), bar.n)
+            bar.refresh()
+
+    for record in _run_all(queue, jobs, on_record):
         bar.update(1)
         bar.set_postfix_str(f"last: {record['candidate']} / {record['task']} / seed {record['seed']}")
         result.records.append(record)
@@ -202,10 +312,8 @@ def run_sweep(
                 f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
             )
         elif record["status"] == "diverged":
-            result.diverged.append(record)
             tqdm.write(
                 f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})", file=sys.stderr
             )
     bar.close()
-    result.seconds = time.perf_counter() - t0
     return result

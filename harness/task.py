@@ -96,3 +96,69 @@ class Task:
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+    @property
+    def has_length_axis(self) -> bool:
+        """True when the task tests at longer lengths: then extrapolation is its verdict."""
+        return bool(self.test_lengths())
+
+    # -- reference rows -------------------------------------------------------------------------
+    @property
+    def n_labels(self) -> int | None:
+        """How many answers a scored position can take (chance = 1 / n_labels); None if unknown."""
+        return None
+
+    def trivial_predictors(self) -> dict[str, TrivialPredictor]:
+        """Predictors that use no lookup or state tracking, scored like a candidate to give each
+        column its reference row. The generic ones: the most frequent label, and the most
+        frequent label at each position (both fitted on training data). Tasks add their own
+        (e.g. MQAR's position-only guess)."""
+        return {"majority": MajorityLabel(), "majority by position": PositionMajority()}
+
+
+class TrivialPredictor:
+    """A fixed rule: ``fit`` on a training batch, then ``predict`` labels ``[n, T]`` for any batch."""
+
+    def fit(self, batch: Batch) -> None:  # noqa: B027 - most rules need no fitting
+        pass
+
+    def predict(self, batch: Batch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def scored_labels(batch: Batch) -> Tensor:
+    return batch.targets[batch.targets != IGNORE]
+
+
+class MajorityLabel(TrivialPredictor):
+    """The single most frequent label of the training data, everywhere."""
+
+    def fit(self, batch: Batch) -> None:
+        self.label = int(torch.mode(scored_labels(batch)).values)
+
+    def predict(self, batch: Batch) -> Tensor:
+        return torch.full_like(batch.inputs, self.label)
+
+
+class PositionMajority(TrivialPredictor):
+    """The most frequent label at each position of the training data; beyond the training length
+    (where no label was ever seen) the overall most frequent one."""
+
+    def fit(self, batch: Batch) -> None:
+        t = batch.targets
+        self.overall = int(torch.mode(scored_labels(batch)).values)
+        n_classes = int(t.max()) + 1 if (t != IGNORE).any() else 1
+        counts = torch.zeros(t.shape[1], n_classes, dtype=torch.long)
+        mask = t != IGNORE
+        pos = torch.arange(t.shape[1]).expand_as(t)
+        counts.index_put_(
+            (pos[mask], t[mask]), torch.ones(int(mask.sum()), dtype=torch.long), accumulate=True
+        )
+        self.by_position = torch.where(counts.sum(1) > 0, counts.argmax(1), self.overall)
+
+    def predict(self, batch: Batch) -> Tensor:
+        T = batch.inputs.shape[1]
+        labels = torch.full((T,), self.overall, dtype=torch.long)
+        k = min(T, self.by_position.shape[0])
+        labels[:k] = self.by_position[:k]
+        return labels.expand_as(batch.inputs).clone()

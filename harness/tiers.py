@@ -36,6 +36,9 @@ class TierConfig:
     n_valid: int
     n_test: int
     eval_batch: int
+    eval_every: int  # steps between early-stopping checks on valid
+    n_check: int  # valid examples (per length) each check scores
+    solve_threshold: float  # the valid selection score at which a task counts as solved: stop
 
     def with_overrides(self, overrides: dict) -> TierConfig:
         fields = {f.name for f in dataclasses.fields(self)}
@@ -64,22 +67,28 @@ TIERS: dict[str, TierConfig] = {
         n_valid=32,
         n_test=32,
         eval_batch=32,
+        eval_every=4,
+        n_check=32,
+        solve_threshold=0.99,
     ),
     "quick": TierConfig(
         d_model=64,
         n_layers=1,
         mlp_ratio=2,
         short_conv=4,
-        steps=400,
+        steps=2000,
         batch_size=32,
-        lrs=(3e-3,),
+        lrs=(1e-3, 3e-3, 1e-2),
         weight_decay=0.1,
         warmup_frac=0.05,
         grad_clip=1.0,
-        n_seeds=1,
-        n_valid=256,
-        n_test=512,
-        eval_batch=256,
+        n_seeds=3,
+        n_valid=512,
+        n_test=1024,
+        eval_batch=512,
+        eval_every=100,
+        n_check=256,
+        solve_threshold=0.99,
     ),
     "full": TierConfig(
         d_model=128,
@@ -96,6 +105,9 @@ TIERS: dict[str, TierConfig] = {
         n_valid=2000,
         n_test=3000,
         eval_batch=250,
+        eval_every=500,
+        n_check=500,
+        solve_threshold=0.99,
     ),
 }
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.registry import register_task
-from harness.task import IGNORE, Batch, Task
+from harness.task import IGNORE, Batch, Task, TrivialPredictor
 from harness.tasks._common import check_int, check_n, device_of
 
 NAME = "associative-recall"
@@ -62,6 +62,13 @@ class AssociativeRecall(Task):
     def num_keys(self) -> int:
         return (self.config.vocab_size - 1) // 2
 
+    @property
+    def n_labels(self) -> int:
+        return (self.config.vocab_size - 1) - self.num_keys
+
+    def trivial_predictors(self) -> dict[str, TrivialPredictor]:
+        return {**super().trivial_predictors(), "context majority": ContextMajority(self.num_keys)}
+
     def generate(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         check_n(NAME, n)
         T = self.config.seq_len if length is None else _check_length(length, "length")
@@ -82,6 +89,24 @@ class AssociativeRecall(Task):
         targets = torch.full((n, T), IGNORE, dtype=torch.long, device=dev)
         targets[:, T - 1] = value_of.gather(1, query)[:, 0]
         return Batch(inputs, targets)
+
+
+class ContextMajority(TrivialPredictor):
+    """No lookup: answer the value that occurs most often in the context (ignores the query key)."""
+
+    def __init__(self, num_keys: int) -> None:
+        self.first_value = num_keys
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        values = batch.inputs[:, 1:-2:2]  # the value of every pair
+        n_tokens = int(batch.inputs.max()) + 1
+        counts = torch.zeros(values.shape[0], n_tokens).scatter_add_(
+            1, values, torch.ones_like(values, dtype=torch.float)
+        )
+        counts[:, : self.first_value] = -1
+        pred = torch.full_like(batch.inputs, IGNORE)
+        pred[:, -1] = counts.argmax(dim=1)
+        return pred
 
 
 def _check_length(T: object, what: str) -> int:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -25,6 +27,7 @@ MOD = 5
 PLUS, MINUS, TIMES = MOD, MOD + 1, MOD + 2  # operator tokens
 PAD = MOD + 3
 OPERATORS = {PLUS: "+", MINUS: "-", TIMES: "*"}
+TOKEN_OF = {v: k for k, v in OPERATORS.items()}
 
 # Z_5^* is cyclic with generator 2: 2^0=1, 2^1=2, 2^2=4, 2^3=3. Products of nonzero residues are
 # sums of discrete logs mod 4; a zero factor makes the product 0.
@@ -88,8 +91,31 @@ class ModularArithmetic(Task):
 
     reference = "Deletang et al. 2023, Neural networks and the Chomsky hierarchy (modular arithmetic)"
 
-    Config = length_split_config(NAME)
-    TIERS = LENGTH_SPLIT_TIERS
+    @dataclass(frozen=True)
+    class Config(length_split_config(NAME)):  # type: ignore[misc]
+        operators: str = "+-*"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            ops = self.operators
+            if not isinstance(ops, str) or not ops or set(ops) - set("+-*") or len(set(ops)) != len(ops):
+                raise ValueError(
+                    f"{NAME}: operators={ops!r} is not allowed; allowed: a non-empty string of distinct "
+                    "characters from '+-*' (e.g. '+-*', '+-')"
+                )
+
+    #: quick draws only ``+`` and ``-`` (Deletang et al.'s ``operators`` option): counting mod 5, a
+    #: group, which one layer with the right transitions solves (rotations: complex eigenvalues, or
+    #: products of reflections across the number and operator tokens). With ``*`` the prefix value
+    #: needs the sum and the pending product as a state, non-invertible under ``* 0``, beyond one
+    #: layer at CPU budgets: ``--task-set operators=+-*`` (the ``full`` default) tests that.
+    TIERS = {
+        **LENGTH_SPLIT_TIERS,
+        "quick": {
+            **LENGTH_SPLIT_TIERS["quick"],
+            "config": {**LENGTH_SPLIT_TIERS["quick"]["config"], "operators": "+-"},
+        },
+    }
 
     @property
     def vocab_size(self) -> int:
@@ -98,6 +124,10 @@ class ModularArithmetic(Task):
     @property
     def seq_len(self) -> int:
         return self.config.max_len
+
+    @property
+    def n_labels(self) -> int:
+        return MOD
 
     def test_lengths(self) -> list[int]:
         return list(self.config.test_lengths)
@@ -109,7 +139,8 @@ class ModularArithmetic(Task):
         T = c.max_len if length is None else check_int(NAME, "length", length, 1)
         m = (T + 1) // 2  # numbers
         numbers = torch.randint(0, MOD, (n, m), generator=generator, device=dev)
-        ops = torch.randint(PLUS, TIMES + 1, (n, T - m), generator=generator, device=dev)
+        allowed = torch.tensor([TOKEN_OF[o] for o in c.operators], device=dev)
+        ops = allowed[torch.randint(0, len(allowed), (n, T - m), generator=generator, device=dev)]
         inputs = torch.empty(n, T, dtype=torch.long, device=dev)
         inputs[:, 0::2] = numbers
         inputs[:, 1::2] = ops

@@ -57,6 +57,10 @@ class Parity(Task):
     def seq_len(self) -> int:
         return self.config.max_len
 
+    @property
+    def n_labels(self) -> int:
+        return 2
+
     def test_lengths(self) -> list[int]:
         return list(self.config.test_lengths)
 

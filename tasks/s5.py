@@ -105,6 +105,10 @@ class S5(Task):
     def seq_len(self) -> int:
         return self.config.seq_len
 
+    @property
+    def n_labels(self) -> int:
+        return N_ELEMENTS
+
     def test_lengths(self) -> list[int]:
         return list(self.config.test_lengths)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.registry import register_task
-from harness.task import IGNORE, Batch, Task
+from harness.task import IGNORE, Batch, Task, TrivialPredictor
 from harness.tasks._common import check_int, check_n, device_of, random_subsets
 
 NAME = "selective-copy"
@@ -62,6 +62,13 @@ class SelectiveCopy(Task):
     def seq_len(self) -> int:
         return self.config.seq_len
 
+    @property
+    def n_labels(self) -> int:
+        return self.config.vocab_size - 2
+
+    def trivial_predictors(self) -> dict[str, TrivialPredictor]:
+        return {**super().trivial_predictors(), "context majority": DataMajority(self.config.vocab_size)}
+
     def generate(self, n: int, generator: torch.Generator, length: int | None = None) -> Batch:
         check_n(NAME, n)
         c = self.config
@@ -77,6 +84,19 @@ class SelectiveCopy(Task):
         targets = torch.full((n, T), IGNORE, dtype=torch.long, device=dev)
         targets[:, region:] = data
         return Batch(inputs, targets)
+
+
+class DataMajority(TrivialPredictor):
+    """No order: at every marker, the data token that occurs most often in the data region."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.V = vocab_size
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        x = batch.inputs
+        data = x < self.V - 2
+        counts = torch.zeros(x.shape[0], self.V).scatter_add_(1, x, data.float())
+        return counts.argmax(dim=1, keepdim=True).expand_as(x).clone()
 
 
 def _check_length(T: object, k: int, what: str) -> int:

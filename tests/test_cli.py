@@ -114,7 +114,9 @@ def test_compare_then_leaderboard_and_show(installed_plugin, capsys, tmp_path):
     assert rc == 0
     rows = json.loads(out)
     assert isinstance(rows, list) and rows[0]["candidate"] == "toy-ema"
-    assert 0.0 <= rows[0]["toy-last"] <= 1.0 and rows[0]["state_bytes"] > 0 and rows[0]["params"] > 0
+    cell = rows[0]["tasks"]["toy-last"]
+    assert 0.0 <= cell["mean"] <= 1.0 and rows[0]["state_bytes"] > 0 and rows[0]["params"] > 0
+    assert cell["lr"] in cell["lrs_tried"] and cell["n_seeds"] == 1
     for fmt, needle in (
         ("table", "toy-ema"),
         ("markdown", "| toy-ema"),
@@ -153,6 +155,6 @@ def test_leaderboard_leaves_out_records_of_older_code(installed_plugin, capsys, 
     (path.parent / "0ld.json").write_text(json.dumps(stale))
     rc, out, err = run(capsys, "leaderboard", *common, "--format", "json")
     assert rc == 0 and "1 stored records of older code" in err
-    assert json.loads(out)[0]["toy-last"] > 0.0
+    assert json.loads(out)[0]["tasks"]["toy-last"]["mean"] > 0.0
     rc, out, _ = run(capsys, "leaderboard", *common, "--format", "json", "--all-versions")
     assert rc == 0

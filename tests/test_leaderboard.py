@@ -1,4 +1,5 @@
-"""Leaderboard aggregation on synthetic records: lr chosen on valid, CI over seeds, ranks, pairs."""
+"""Verdicts on synthetic records: rate chosen on valid (never test), seed intervals, ranks with ties,
+failures last, incomplete candidates unranked, reference rows and flagged columns, formats."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import math
 import pytest
 
 from harness import leaderboard as lb
+from harness import scoring
 
 
-def rec(cand, task, seed, lr, valid, test, status="ok", lengths=None, state=1024, params=100):
+def rec(cand, task, seed, lr, valid, test, status="ok", lengths=None, steps_to_solve=None, config=None):
     r = {
         "kind": "train",
         "candidate": cand,
@@ -19,69 +21,158 @@ def rec(cand, task, seed, lr, valid, test, status="ok", lengths=None, state=1024
         "seed": seed,
         "lr": lr,
         "status": status,
-        "state": {"state_bytes": state, "seq_len": 64},
-        "params_mixer": params,
+        "state": {"state_bytes": 1024, "seq_len": 64},
+        "params_mixer": 100,
+        "steps_done": steps_to_solve or 1000,
+        "steps_to_solve": steps_to_solve,
+        "identity": {"task_config": config or {}},
     }
     if status == "ok":
         r["valid"] = {"token_acc": valid, "seq_acc": valid}
+        r["valid_score"] = valid
         r["test"] = {"token_acc": test, "seq_acc": test}
         r["test_lengths"] = lengths or {}
     return r
 
 
-def test_lr_chosen_on_valid_not_test():
+def test_rate_is_chosen_on_valid_never_on_test():
     records = [rec("a", "t", 0, 1e-3, valid=0.9, test=0.5), rec("a", "t", 0, 1e-2, valid=0.5, test=0.99)]
-    agg = lb.aggregate(records)
-    assert agg.loc[0, "lr"] == 1e-3 and agg.loc[0, "test"] == 0.5
+    cell = scoring.cell_verdict(records)
+    assert cell.lr == 1e-3 and cell.mean == 0.5
 
 
-def test_ci_over_seeds_and_none_for_one_seed():
+def test_first_seed_scheme_chooses_on_the_seed_run_at_every_rate():
+    # seed 0 at both rates; seeds 1, 2 only at the rate seed 0 chose
+    records = [
+        rec("a", "t", 0, 1e-3, valid=0.6, test=0.6),
+        rec("a", "t", 0, 3e-3, valid=0.8, test=0.8),
+        rec("a", "t", 1, 3e-3, valid=0.7, test=0.7),
+        rec("a", "t", 2, 3e-3, valid=0.9, test=0.9),
+    ]
+    lr, selection = scoring.choose_rate(records)
+    assert (lr, selection) == (3e-3, [0])
+    cell = scoring.cell_verdict(records)
+    assert cell.seeds == [0, 1, 2] and cell.mean == pytest.approx(0.8)
+
+
+def test_grid_scheme_chooses_by_the_mean_over_seeds():
+    records = [rec("a", "t", s, 1e-3, v, v) for s, v in enumerate([0.9, 0.5, 0.5])]
+    records += [rec("a", "t", s, 3e-3, v, v) for s, v in enumerate([0.8, 0.8, 0.8])]
+    lr, selection = scoring.choose_rate(records)
+    assert lr == 3e-3 and selection == [0, 1, 2]
+
+
+def test_ties_on_valid_go_to_the_rate_that_solved_in_fewer_steps():
+    records = [
+        rec("a", "t", 0, 1e-3, 1.0, 1.0, steps_to_solve=900),
+        rec("a", "t", 0, 3e-3, 1.0, 1.0, steps_to_solve=300),
+    ]
+    assert scoring.choose_rate(records)[0] == 3e-3
+
+
+def test_interval_over_seeds_and_none_for_one_seed():
     records = [rec("a", "t", s, 1e-3, 0.8, x) for s, x in enumerate([0.7, 0.8, 0.9])]
-    agg = lb.aggregate(records)
-    assert agg.loc[0, "test"] == pytest.approx(0.8)
-    assert agg.loc[0, "test_ci"] == pytest.approx(0.1 / math.sqrt(3) * 4.302652729911275, rel=1e-6)
-    assert math.isnan(lb.aggregate(records[:1]).loc[0, "test_ci"])
+    cell = scoring.cell_verdict(records)
+    assert cell.mean == pytest.approx(0.8)
+    assert cell.ci == pytest.approx(0.1 / math.sqrt(3) * 4.302652729911275, rel=1e-6)
+    assert math.isnan(scoring.cell_verdict(records[:1]).ci)
 
 
-def test_diverged_counts_as_zero_and_ranks_average_over_tasks():
+def test_overlapping_intervals_tie_and_clear_gaps_rank():
+    def cell(name, scores):
+        return scoring.cell_verdict([rec(name, "t", s, 1e-3, v, v) for s, v in enumerate(scores)])
+
+    cells = {
+        "a": cell("a", [0.95, 0.96, 0.97]),
+        "b": cell("b", [0.90, 0.97, 0.99]),  # wide: overlaps a
+        "c": cell("c", [0.50, 0.51, 0.52]),  # clearly below both
+    }
+    assert scoring.task_ranks(cells) == {"a": 1, "b": 1, "c": 3}
+
+
+def test_failed_and_diverged_cells_rank_last_not_skipped():
+    records = [
+        rec("good", "t1", 0, 1e-3, 0.2, 0.2),
+        rec("crash", "t1", 0, 1e-3, 0, 0, status="failed"),
+        rec("nan", "t1", 0, 1e-3, 0, 0, status="diverged"),
+        rec("good", "t2", 0, 1e-3, 0.2, 0.2),
+        rec("crash", "t2", 0, 1e-3, 0.9, 0.9),
+        rec("nan", "t2", 0, 1e-3, 0.9, 0.9),
+    ]
+    board = lb.build_board(records, ["good", "crash", "nan"], ["t1", "t2"])
+    assert board.ranks["t1"] == {"good": 1, "crash": 2, "nan": 2}
+    # skipping the crashed cell would give 'crash' rank 1.0 (its t2 rank alone); it ranks last on t1
+    assert board.overall["crash"] == pytest.approx(1.5) and board.overall["good"] == pytest.approx(2.0)
+    text = lb.render(board, "table")
+    assert "FAILED" in text and "DIVERGED" in text
+
+
+def test_candidate_missing_cells_gets_no_rank():
     records = [
         rec("a", "t1", 0, 1e-3, 0.9, 0.9),
-        rec("b", "t1", 0, 1e-3, 0.5, 0.5),
-        rec("a", "t2", 0, 1e-3, 0, 0, status="diverged"),
-        rec("b", "t2", 0, 1e-3, 0.4, 0.4),
+        rec("a", "t2", 0, 1e-3, 0.9, 0.9),
+        rec("b", "t1", 0, 1e-3, 1, 1),
     ]
-    board = lb.build_leaderboard(records, ["a", "b"], ["t1", "t2"])
-    assert board.set_index("candidate").loc["a", "t2"] == 0.0
-    assert list(board["rank"]) == [1.5, 1.5]
+    board = lb.build_board(records, ["a", "b"], ["t1", "t2"])
+    assert board.overall["b"] is None and board.overall["a"] == 1.5  # b beats a on t1 (point intervals)
+    assert "incomplete: 1 of 2 cells" in lb.render(board, "table")
+    assert board.ordered == ["a", "b"]
 
 
-def test_extrapolation_uses_positions_beyond_training():
-    lengths = {"64": {"token_acc": 0.9, "seq_acc": 0.1, "beyond_token_acc": 0.5, "beyond_seq_acc": 0.1}}
-    board = lb.build_leaderboard([rec("a", "parity", 0, 1e-3, 1, 1, lengths=lengths)], ["a"], ["parity"])
-    assert board.loc[0, "parity extrap"] == 0.5
+def test_one_seed_table_says_its_ranks_carry_no_interval():
+    board = lb.build_board([rec("a", "t", 0, 1e-3, 0.9, 0.9)], ["a"], ["t"])
+    assert "ranks carry no interval" in lb.render(board, "table")
+
+
+def test_extrapolation_ranks_length_tasks_and_counts_only_beyond_training():
+    lengths = {"40": {"token_acc": 0.9, "seq_acc": 0.1, "beyond_token_acc": 0.5, "beyond_seq_acc": 0.1}}
+    cfg = {"min_len": 3, "max_len": 20, "test_lengths": [40, 64], "scored": "all"}
+    records = [rec("a", "parity", 0, 1e-3, 1, 1, lengths=lengths, config=cfg)]
+    board = lb.build_board(records, ["a"], ["parity"])
+    cell = board.cell("a", "parity")
+    assert cell.mean == 0.5 and cell.in_dist_mean == 1
+    labels = [c.label for c in board.columns]
+    assert labels == ["parity in-dist", "parity extrap"]
+    assert [c.ranks for c in board.columns] == [False, True]
+
+
+def test_reference_rows_and_a_column_nobody_beats_is_flagged():
+    cfg = {"min_len": 3, "max_len": 20, "test_lengths": [40, 64], "scored": "all"}
+    at_chance = {"40": {"token_acc": 0.7, "seq_acc": 0, "beyond_token_acc": 0.5, "beyond_seq_acc": 0}}
+    records = [rec(c, "parity", 0, 1e-3, 1.0, 1.0, lengths=at_chance, config=cfg) for c in ("a", "b")]
+    board = lb.build_board(records, ["a", "b"], ["parity"])
+    extrap = next(c for c in board.columns if c.ranks)
+    assert extrap.chance == 0.5 and extrap.reference == pytest.approx(0.5, abs=0.02)
+    assert any("no candidate solves it" in f for f in extrap.flags)
+    assert any("clears the best trivial predictor" in f for f in extrap.flags)
+    in_dist = next(c for c in board.columns if not c.ranks)
+    assert any("nothing stays near it" in f for f in in_dist.flags)  # everyone at 1.0 in distribution
+    text = lb.render(board, "markdown")
+    assert "(chance)" in text and "(best trivial predictor)" in text and "FLAG parity extrap" in text
+
+
+def test_a_column_that_separates_has_no_flag():
+    assert scoring.column_flags([0.99, 0.3], [0.98, 0.25], reference=0.28) == []
 
 
 def test_modifier_pairs_and_formats():
     records = [rec("x", "t", 0, 1e-3, 0.5, 0.5), rec("x+gate", "t", 0, 1e-3, 0.7, 0.7)]
-    board = lb.build_leaderboard(records, ["x", "x+gate"], ["t"])
-    pairs = lb.modifier_pairs(board, ["t"])
-    assert pairs.loc[0, "t diff"] == pytest.approx(0.2)
-    text = lb.render(board, ["t"], "table")
+    board = lb.build_board(records, ["x", "x+gate"], ["t"])
+    pairs = lb.modifier_pairs(board)
+    assert "+0.200" in pairs.loc[0, "t"]
+    text = lb.render(board, "table")
     assert "+0.200" in text and "x+gate" in text
-    rows = json.loads(lb.render(board, ["t"], "json"))
+    rows = json.loads(lb.render(board, "json"))
     assert [r["candidate"] for r in rows] == ["x+gate", "x"]
+    assert rows[0]["tasks"]["t"]["lr"] == 1e-3 and rows[0]["tasks"]["t"]["n_seeds"] == 1
+    assert rows[0]["tasks"]["t"]["ci_low"] is None  # one seed: no interval, and no NaN in the JSON
     with pytest.raises(ValueError, match="unknown format 'yaml'"):
-        lb.render(board, ["t"], "yaml")
+        lb.render(board, "yaml")
 
 
-def test_diverged_run_adds_no_extrapolation_column_to_a_task_without_lengths():
-    records = [rec("a", "copy", 0, 1e-3, 0.9, 0.9), rec("b", "copy", 0, 1e-3, 0, 0, status="diverged")]
-    board = lb.build_leaderboard(records, ["a", "b"], ["copy"])
-    assert "copy extrap" not in board.columns
-    lengths = {"64": {"token_acc": 0.9, "seq_acc": 0.1, "beyond_token_acc": 0.7, "beyond_seq_acc": 0.1}}
-    records = [
-        rec("a", "par", 0, 1e-3, 1, 1, lengths=lengths),
-        rec("b", "par", 0, 1e-3, 0, 0, status="diverged"),
-    ]
-    board = lb.build_leaderboard(records, ["a", "b"], ["par"]).set_index("candidate")
-    assert board.loc["b", "par extrap"] == 0.0 and board.loc["a", "par extrap"] == 0.7
+def test_markdown_and_html_escape_names():
+    name = "<img src=x onerror=alert(1)>|x"
+    board = lb.build_board([rec(name, "t", 0, 1e-3, 0.5, 0.5)], [name], ["t"])
+    md = lb.render(board, "markdown")
+    assert "<img" not in md and "\\|x" in md
+    assert "<img" not in lb.render(board, "html")

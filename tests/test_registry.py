@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness import Mixer, register_candidate, registry
+from harness.identity import class_sources
 
 
 def test_variants_are_names_with_presets():
@@ -49,8 +50,8 @@ def test_every_group_member_resolves():
 
 
 def test_source_files_follow_imports_not_the_whole_kernels_folder():
-    names = {f.name for f in registry.source_files_of(registry.get_candidate("diagonal").cls)}
+    names = {f.name for f in class_sources(registry.get_candidate("diagonal").cls)}
     assert {"diagonal.py", "_transition.py", "diag_scan.py", "mixer.py"} <= names
     assert "delta_rule.py" not in names and "softmax.py" not in names
-    gated = {f.name for f in registry.source_files_of(registry.get_candidate("diagonal+gate").cls)}
+    gated = {f.name for f in class_sources(registry.get_candidate("diagonal+gate").cls)}
     assert {"readout_gate.py", "fused_gate.py", "diagonal.py", "diag_scan.py"} <= gated

@@ -9,6 +9,7 @@ import torch
 
 from harness import Mixer, register_candidate, registry
 from harness import sweep as sweep_mod
+from harness.train import resolve
 from harness.results import CorruptRecord, RecordStore, atomic_write_json, run_id_for
 
 
@@ -56,6 +57,10 @@ def test_find_by_prefix(tmp_path):
 
 def _plan(**kw):
     return sweep_mod.plan(["toy-ema"], ["toy-last"], "smoke", **kw)
+
+
+def _ids(cells) -> list[str]:
+    return [resolve(s).run_id for c in cells for s in c.selection_specs()]
 
 
 def test_sweep_reuses_records_and_force_reruns(installed_plugin, tmp_path):
@@ -179,10 +184,27 @@ def test_parallel_sweep_matches_serial(installed_plugin, tmp_path):
 
 
 def test_sweep_starts_the_longest_runs_first():
-    """Longest-processing-time order: the tasks with the most training tokens go first."""
-    runs = sweep_mod.plan(["softmax"], ["s5", "mqar", "parity"], "quick")
+    """Longest-processing-time order: the runs with the most budgeted training tokens go first."""
+    cells = sweep_mod.plan(["softmax"], ["s5", "mqar", "parity"], "quick")
+    runs = [resolve(s) for c in cells for s in c.selection_specs()]
     ordered = sweep_mod.longest_first(runs)
-    tokens = [r.tier.steps * r.tier.batch_size * r.task.seq_len for r in ordered]
-    assert tokens == sorted(tokens, reverse=True)
-    assert ordered[0].spec.task == "mqar" and ordered[-1].spec.task == "s5"
+    tokens = [sweep_mod.budget_tokens(r) for r in ordered]
+    assert tokens == sorted(tokens, reverse=True) and tokens[0] > tokens[-1]
     assert sorted(r.run_id for r in ordered) == sorted(r.run_id for r in runs)
+
+
+def test_first_seed_scheme_runs_the_other_seeds_at_the_chosen_rate(installed_plugin, tmp_path):
+    cells = _plan(n_seeds=3, lrs=[1e-4, 3e-3])
+    res = sweep_mod.run_sweep(cells, RecordStore(tmp_path), progress=False)
+    runs = sorted((r["seed"], r["lr"]) for r in res.records)
+    chosen = max((r for r in res.records if r["seed"] == 0), key=lambda r: r["valid_score"])["lr"]
+    assert runs == sorted([(0, 1e-4), (0, 3e-3), (1, chosen), (2, chosen)])
+    assert res.ran == cells[0].n_runs == 4
+    again = sweep_mod.run_sweep(_plan(n_seeds=3, lrs=[1e-4, 3e-3]), RecordStore(tmp_path), progress=False)
+    assert (again.ran, again.reused) == (0, 4)
+
+
+def test_grid_scheme_runs_every_seed_at_every_rate(installed_plugin, tmp_path):
+    cells = _plan(n_seeds=2, lrs=[1e-4, 3e-3], scheme="grid")
+    res = sweep_mod.run_sweep(cells, RecordStore(tmp_path), progress=False)
+    assert sorted((r["seed"], r["lr"]) for r in res.records) == [(0, 1e-4), (0, 3e-3), (1, 1e-4), (1, 3e-3)]
