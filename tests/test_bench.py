@@ -104,7 +104,6 @@ def fakes():
     yield list(FAKES)
     for name in FAKES:
         reg._CANDIDATES.pop(name, None)
-    reg._HASH_CACHE.clear()
 
 
 # -- timing primitives ----------------------------------------------------------------------------------
