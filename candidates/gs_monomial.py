@@ -6,7 +6,7 @@ import itertools
 
 import torch
 from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
-from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
@@ -185,6 +185,6 @@ class GSMonomialMixer(TransitionMixer):
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        idx, D, _ = self.transition(x_t)
-        h = pd_apply((idx, D.to(state.dtype)), state) + k[..., :, None] * v[..., None, :]
+        idx, D, P_soft = self.transition(x_t)
+        h = pd_step(idx, D.to(state.dtype), state, P_soft) + k[..., :, None] * v[..., None, :]
         return (h * q[..., None]).sum(-2), h

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
@@ -92,7 +92,8 @@ class PDSSMMixer(TransitionMixer):
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        idx, D, _, qc = self.transition(x_t[:, None], q[:, None])
-        h = pd_apply((idx[:, 0], D[:, 0]), state) + (k[..., :, None] * v[..., None, :]).to(state.dtype)
+        idx, D, P_soft, qc = self.transition(x_t[:, None], q[:, None])
+        P_soft = None if P_soft is None else P_soft[:, 0]
+        h = pd_step(idx[:, 0], D[:, 0], state, P_soft) + (k[..., :, None] * v[..., None, :]).to(state.dtype)
         o = (h * qc[:, 0, ..., None]).sum(-2).real
         return o, h

@@ -58,6 +58,21 @@ def pd_apply(tr: Trans, x: Tensor, adjoint: bool = False) -> Tensor:
     return torch.zeros_like(src).index_add_(0, rows, src).view(*lead, N, P)
 
 
+def pd_step(idx: Tensor, D: Tensor, h: Tensor, P_ste: Tensor | None = None) -> Tensor:
+    """One recurrent step's ``P D h`` with the same straight-through gradient as the scan.
+
+    ``idx, D [..., N]``, ``h [..., N, P]``, ``P_ste [..., N, N]`` (row, col) or None. The forward value
+    is ``pd_apply`` (O(N P)); the added ``(P_ste - P_ste.detach()) D h`` is exactly zero but routes
+    ``dL/dP = Re(dL/dA * conj(D))`` to ``P_ste``, as ``perm_diag_scan(..., P_ste=...)`` does, so a
+    model decoded step by step has the gradient of the model trained with the scan.
+    """
+    out = pd_apply((idx, D), h)
+    if P_ste is not None and P_ste.requires_grad:
+        ste = (P_ste - P_ste.detach()).to(out.dtype) * D.to(out.dtype)[..., None, :]
+        out = out + ste @ h.to(out.dtype)
+    return out
+
+
 def pd_dense(idx: Tensor, D: Tensor) -> Tensor:
     """The dense ``[..., N, N]`` matrix ``P D`` (for references and tests)."""
     N = idx.shape[-1]
