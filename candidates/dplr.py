@@ -172,6 +172,10 @@ class DPLRMixer(MaterialisedTransition):
         eye2 = torch.eye(2, dtype=x.dtype, device=x.device)
         return 2 * Dinv - eye2, -2 * Y, V
 
+    def construction_flops(self) -> float:
+        """``U V`` (rank ``2r``) dominates: ``4 r N^2``; ``D^-1``, ``K`` and its solve are ``O(r N)``."""
+        return 4 * self.rank * self.d_state**2 + 20 * self.rank * self.d_state
+
     def transitions(self, x: Tensor) -> Tensor:
         """Every ``A_t`` materialised: the same Woodbury algebra as ``factors`` (which the recurrent
         step uses), written for the parallel form's cost: ``D`` is a diagonal (``dplr``) or a scaled

@@ -6,6 +6,8 @@ import itertools
 
 import torch
 from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
 from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
@@ -178,6 +180,17 @@ class GSMonomialMixer(TransitionMixer):
             out = block_diag_apply(S_L, permute_rows(block_diag_apply(S_R, eye), self.shuffle))
             out = out.permute(1, 2, 3, 0)
         return out.permute(3, 0, 1, 2).reshape(*lead, H, N, N)
+
+    def algebra_cost(self) -> TokenCost:
+        """Scoring all ``b!`` block permutations (``2 b^2 b!`` per block, L and R), the O(N) composition;
+        backward: Sinkhorn's ``~8`` passes per iteration over ``2 r b^2`` logits and the dense ``N^2``
+        surrogate. The scan is a real PD scan with the STE's dense ``dL/dP``."""
+        N, b, r = self.d_state, self.block_size, self.n_blocks
+        perms = len(self.perms)
+        build = compute(
+            2 * r * (2 * b * b * perms) + 10 * N, 2 * r * b * b * 8 * self.sinkhorn_iters + 2 * N * N
+        )
+        return self.n_heads * (build + pd_ops.token_cost(N, self.head_dim, complex_state=False, ste=True))
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft = self.transition(x)

@@ -354,3 +354,11 @@ def dense_scan(
     else:
         raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T
+
+
+def token_cost(N: int, P: int, elem_bytes: int = 4):
+    """Per head and token: ``h = A h + k v^T`` (``2 N^2 P + 2 N P``) and ``h^T q`` (``2 N P``): the
+    ``O(N^2)`` ceiling of the transitions group. State ``N P``."""
+    from .cost import recurrence
+
+    return recurrence(2 * N * N * P + 4 * N * P, N * P, elem_bytes)

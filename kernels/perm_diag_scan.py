@@ -408,3 +408,15 @@ def perm_diag_scan(
     else:
         raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T
+
+
+def token_cost(N: int, P: int, complex_state: bool = True, ste: bool = True, elem_bytes: int = 4):
+    """Per head and token: ``h = P D h + k v^T`` is a row gather / scatter with one (complex) scale per
+    row: ``6 N P`` (real: ``N P``) plus ``2 N P`` for the add and ``N P`` for ``k v^T``; the readout
+    ``Re(q^T h)`` ``4 N P`` (real: ``2 N P``): a diagonal scan's cost. The straight-through estimator
+    adds a dense ``dL/dP = Re(G (D h)^H)`` per token to the backward (``4 N^2 P``; real ``2 N^2 P``)."""
+    from .cost import recurrence
+
+    c = 2 if complex_state else 1
+    flops = (6 if complex_state else 1) * N * P + 3 * N * P + 2 * c * N * P
+    return recurrence(flops, c * N * P, elem_bytes, extra_bwd_flops=2 * c * N * N * P if ste else 0.0)
