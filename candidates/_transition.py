@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from harness import Mixer
+from harness.kernels.cost import TokenCost
 
 
 class TransitionMixer(Mixer):
@@ -44,6 +45,12 @@ class TransitionMixer(Mixer):
         k = self.k_proj(x).unflatten(-1, (self.n_heads, self.d_state))
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
         return q, k, v
+
+    def algebra_cost(self) -> TokenCost | None:
+        """Theoretical cost of one token, all heads, beyond the ``nn.Linear`` projections (which
+        ``harness bench`` counts from the module): building ``A_t`` and the scan, from the kernels'
+        ``token_cost``. None where a candidate does not declare it."""
+        return None
 
     # -- to implement ---------------------------------------------------------------------------
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

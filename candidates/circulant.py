@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import dense_scan as dense_scan_ops
+from harness.kernels import fourier
+from harness.kernels.cost import TokenCost, compute
 from harness.kernels.dense_scan import dense_scan
 from harness.kernels.fourier import (
     circulant_matrix,
@@ -71,6 +74,9 @@ class _CirculantBase(TransitionMixer):
     def eigenvalues(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         """Half-spectrum eigenvalues in polar form ``(magnitude, phase)``, ``[..., H, n_blocks, n_bins]``."""
         raise NotImplementedError
+
+    def algebra_cost(self) -> TokenCost:
+        return self.n_heads * fourier.token_cost(self.d_state, self.head_dim, self.n_blocks)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = circulant_scan(q, k, v, self.eigenvalues(x), impl="chunk", chunk_size=self.chunk_size)
@@ -250,6 +256,14 @@ class CirculantDiagonalMixer(TransitionMixer):
         C = circulant_matrix(c)
         return d1[..., :, None] * C * d2[..., None, :]
 
+    def algebra_cost(self) -> TokenCost:
+        """Building ``A_t``: the first column by a real DFT (``2 N (N + 2)``), the circulant gather and
+        the two diagonal scalings (``3 N^2``); then the dense scan (products are not circulant-diagonal)."""
+        N = self.d_state
+        return self.n_heads * (
+            compute(2 * N * (N + 2) + 3 * N * N) + dense_scan_ops.token_cost(N, self.head_dim)
+        )
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = dense_scan(q, k, v, self.transition(x), impl="chunk", chunk_size=self.chunk_size)
         return o.to(x.dtype)
@@ -370,6 +384,14 @@ class NeumannOrthogonalMixer(TransitionMixer):
             if g is not None:
                 W = W * g.reshape(-1, 1, 1)
         return W.reshape(shape)
+
+    def algebra_cost(self) -> TokenCost:
+        """Building ``W_t``: ``2 (p - 1)`` N x N products for ``k = 2^p`` terms (else ``k``), ``2 N^3``
+        each, and ``3 N^2`` for the sums and the gate; then the dense scan (products are not Cayley)."""
+        N, k = self.d_state, self.neumann_terms
+        products = 2 * (k.bit_length() - 2) if k >= 2 and k & (k - 1) == 0 else k
+        build = products * 2 * N**3 + 3 * N * N
+        return self.n_heads * (compute(build) + dense_scan_ops.token_cost(N, self.head_dim))
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = dense_scan(q, k, v, self.transition(x), impl="chunk", chunk_size=self.chunk_size)

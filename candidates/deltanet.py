@@ -17,6 +17,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from harness.kernels import delta_rule as delta_ops
+from harness.kernels.cost import TokenCost
 from harness.kernels.delta_rule import delta_product, delta_rule
 from torch import Tensor, nn
 
@@ -150,6 +152,9 @@ class DeltaNetMixer(TransitionMixer):
         return delta_product(q, k, v, beta, decay, state, **kw)
 
     # -- the two forms ----------------------------------------------------------------------------
+    def algebra_cost(self) -> TokenCost:
+        return self.n_heads * delta_ops.token_cost(self.d_state, self.head_dim, self.n_householder)
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return self.run(*self.householder_inputs(x, q, k, v))[0]
 

@@ -85,9 +85,16 @@ class DisplacementRankMixer(MaterialisedTransition):
         scale = (1 - d) * torch.sigmoid(self.gamma.to(x.dtype))[:, None, None] / (K.abs().sum(-1) + self.eps)
         return d, scale[..., None] * G, Hg, scale[..., None] * K
 
+    def construction_flops(self) -> float:
+        """``G H^T`` (``2 alpha N^2``), the Cauchy mask, the row norms and the scaling (``4 N^2``)."""
+        return (2 * self.alpha + 4) * self.d_state**2
+
     def transitions(self, x: Tensor) -> Tensor:
+        """``diag(d) + K``: the Cauchy kernel is zero on the diagonal, so ``d`` is written onto ``K``'s
+        diagonal in place (no dense ``diag_embed`` and sum, two passes over every ``A_t`` fewer)."""
         d, _, _, K = self.factors(x.to(work_dtype(x)))
-        return torch.diag_embed(d) + K
+        K.diagonal(dim1=-2, dim2=-1).add_(d)
+        return K
 
     def apply_step(self, x_t: Tensor, h: Tensor) -> Tensor:
         xw = x_t.to(work_dtype(x_t))

@@ -6,7 +6,9 @@ import itertools
 
 import torch
 from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
-from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
@@ -179,12 +181,23 @@ class GSMonomialMixer(TransitionMixer):
             out = out.permute(1, 2, 3, 0)
         return out.permute(3, 0, 1, 2).reshape(*lead, H, N, N)
 
+    def algebra_cost(self) -> TokenCost:
+        """Scoring all ``b!`` block permutations (``2 b^2 b!`` per block, L and R), the O(N) composition;
+        backward: Sinkhorn's ``~8`` passes per iteration over ``2 r b^2`` logits and the dense ``N^2``
+        surrogate. The scan is a real PD scan with the STE's dense ``dL/dP``."""
+        N, b, r = self.d_state, self.block_size, self.n_blocks
+        perms = len(self.perms)
+        build = compute(
+            2 * r * (2 * b * b * perms) + 10 * N, 2 * r * b * b * 8 * self.sinkhorn_iters + 2 * N * N
+        )
+        return self.n_heads * (build + pd_ops.token_cost(N, self.head_dim, complex_state=False, ste=True))
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft = self.transition(x)
         o, _ = perm_diag_scan(q, k, v, idx, D, impl="scan", chunk_size=self.chunk_size, P_ste=P_soft)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        idx, D, _ = self.transition(x_t)
-        h = pd_apply((idx, D.to(state.dtype)), state) + k[..., :, None] * v[..., None, :]
+        idx, D, P_soft = self.transition(x_t)
+        h = pd_step(idx, D.to(state.dtype), state, P_soft) + k[..., :, None] * v[..., None, :]
         return (h * q[..., None]).sum(-2), h

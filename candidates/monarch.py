@@ -77,6 +77,11 @@ class MonarchMixer(MaterialisedTransition):
         g = torch.sigmoid(linear(x, self.gate_proj)).unflatten(-1, (2, self.n_heads, self.n_blocks))
         return g[..., 0, :, :], g[..., 1, :, :]
 
+    def construction_flops(self) -> float:
+        """Row and column gates on the fixed Monarch matrix: ``2 N^2`` (the per-head ``P^T L P R`` is
+        built once per call, not per token)."""
+        return 2 * self.d_state**2
+
     def transitions(self, x: Tensor) -> Tensor:
         xw = x.to(work_dtype(x))
         L, R = self.blocks(xw.dtype)
