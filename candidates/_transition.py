@@ -64,7 +64,7 @@ class TransitionMixer(Mixer):
     # -- the Mixer contract ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x)
-        return self.out(self.mix(x, q, k, v).flatten(-2))
+        return self.readout(self.mix(x, q, k, v).flatten(-2), x)
 
     def init_state(self, batch, device=None, dtype=None):
         if self.state_dtype_is_complex:
@@ -74,4 +74,4 @@ class TransitionMixer(Mixer):
     def step(self, x_t: Tensor, state):
         q, k, v = (t[:, 0] for t in self.qkv(x_t[:, None]))
         o, state = self.mix_step(x_t, q, k, v, state)
-        return self.out(o.flatten(-2)), state
+        return self.readout(o.flatten(-2), x_t), state

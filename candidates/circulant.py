@@ -93,7 +93,7 @@ class _CirculantBase(TransitionMixer):
 @register_candidate(
     "circulant",
     groups=("transitions",),
-    reference="seed 013: Circulant SSM, Fourier-domain parallel scan (direct Fourier parameterisation)",
+    reference="Input-dependent block-circulant transitions, diagonalised by the FFT: a complex diagonal scan in the Fourier domain (circulant structure as in Cheng et al. 2015, circulant projections)",
 )
 class CirculantMixer(_CirculantBase):
     """Input-dependent circulant ``A_t = F^{-1} diag(lam_t) F`` (per head; ``n_blocks > 1``: a
@@ -140,7 +140,7 @@ class CirculantMixer(_CirculantBase):
 @register_candidate(
     "cayley-circulant",
     groups=("transitions",),
-    reference="seed 027: Cayley-parameterised circulant orthogonal SSM (CC-SSM)",
+    reference="Cayley transform of a skew-circulant generator: exactly orthogonal, FFT-diagonalised transitions (Cayley parameterisation: Helfrich et al. 2018; circulant SSMs: see 'circulant')",
 )
 class CayleyCirculantMixer(_CirculantBase):
     """``A_t = gamma_t Q_t``, ``Q_t = (I + S_t)^{-1} (I - S_t)`` with ``S_t`` a skew-symmetric circulant.
@@ -195,7 +195,7 @@ class CayleyCirculantMixer(_CirculantBase):
 @register_candidate(
     "circulant-diagonal",
     groups=("transitions",),
-    reference="seed 023: circulant-diagonal SSM transitions A_t = D1(x_t) C(x_t) D2(x_t) (CDFlow factors)",
+    reference="Products of diagonal and circulant factors A_t = D1(x_t) C(x_t) D2(x_t) (the CDFlow factorisation, Feng & Liao 2021; Huhtanen & Peramaki 2015: products of diagonal and circulant matrices are dense)",
 )
 class CirculantDiagonalMixer(TransitionMixer):
     """``A_t = D1_t C_t D2_t``: diagonal, circulant, diagonal (proposal 023's ``m = 2`` CD product).
@@ -281,7 +281,7 @@ class CirculantDiagonalMixer(TransitionMixer):
 @register_candidate(
     "neumann-orthogonal",
     groups=("transitions",),
-    reference="seed 028: Neumann-Cayley orthogonal SSM (NC-SSM), input-dependent near-orthogonal transitions",
+    reference="Near-orthogonal input-dependent transitions: the Cayley transform with its inverse replaced by a truncated Neumann series (no solve per token)",
 )
 class NeumannOrthogonalMixer(TransitionMixer):
     """``A_t = gamma_t W_t``, ``W_t = (sum_{j<k} (-S_t)^j) (I - S_t)``: the Cayley transform

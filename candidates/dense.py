@@ -8,12 +8,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels import dense_scan as dense_scan_ops
-from harness.kernels.cost import TokenCost, compute
-from harness.kernels.dense_scan import dense_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import dense_scan as dense_scan_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.dense_scan import dense_scan
 
 from ._transition import TransitionMixer
 

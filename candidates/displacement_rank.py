@@ -15,10 +15,7 @@ from .dense import MaterialisedTransition, linear, work_dtype
 @register_candidate(
     "displacement-rank",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 022, Displacement-Rank SSM (Cauchy-like transitions; displacement rank: Kailath, "
-        "Kung & Morf 1979, Thomas et al. 2018); the seed's experiment recorded it as ABANDON"
-    ),
+    reference="Cauchy-like transitions of low displacement rank (Kailath, Kung & Morf 1979; learned in Thomas et al. 2018, Learning compressed transforms with low displacement rank); kept as a recorded negative result",
 )
 class DisplacementRankMixer(MaterialisedTransition):
     """``A_t[i, j] = d_i delta_ij + sum_k G_ik H_jk / (s_i - s_j)`` (i != j): a Cauchy-like matrix of

@@ -61,18 +61,12 @@ def _small_solve(K: Tensor, R: Tensor) -> Tensor:
 @register_candidate(
     "dplr",
     groups=("transitions",),
-    reference=(
-        "Seed proposals 004 (Oscillatory-DPLR SSM) and 011 (resolvent of a DPLR SSM); S4's DPLR "
-        "structure made input-dependent, bilinear (Cayley) discretisation with a Woodbury resolvent"
-    ),
+    reference="S4's diagonal-plus-low-rank structure (Gu et al. 2022) made input-dependent, bilinear (Cayley) discretisation, resolvent by the Woodbury identity",
 )
 @register_candidate(
     "osc-dplr",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 004, Oscillatory-DPLR SSM: damped-oscillator diagonal (omega, zeta; made "
-        "input-dependent as its follow-up proposes) plus low rank, bilinear discretisation; 011 resolvent"
-    ),
+    reference="Damped-oscillator diagonal (LinOSS-style frequency and damping, input-dependent) plus a low-rank term, bilinear discretisation, Woodbury resolvent",
     oscillatory=True,
 )
 class DPLRMixer(MaterialisedTransition):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import torch
-from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
-from harness.kernels import perm_diag_scan as pd_ops
-from harness.kernels.cost import TokenCost, compute
-from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 
 from ._transition import TransitionMixer
 from .dense import linear
@@ -65,10 +65,7 @@ def sinkhorn_reference(logits: Tensor, n_iter: int, row_dim: int = -2, col_dim: 
 @register_candidate(
     "gs-monomial",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 016, Group-and-Shuffle monomial SSM (GS matrices: Gorbunov et al. 2024); "
-        "A_t = L_t P_shuffle R_t with block-monomial L_t, R_t"
-    ),
+    reference="Group-and-Shuffle matrices (Gorbunov et al. 2024) as transitions: A_t = L_t P_shuffle R_t with block-monomial L_t, R_t, closed under products",
 )
 class GSMonomialMixer(TransitionMixer):
     """``A_t = L_t P R_t``: ``L_t, R_t`` block-diagonal with monomial ``b x b`` blocks ``pi D``, ``P`` the

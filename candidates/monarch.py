@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from harness.kernels.monomial import monarch_apply, monarch_dense, stride_permutation
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels.monomial import monarch_apply, monarch_dense, stride_permutation
 
 from .dense import MaterialisedTransition, linear, work_dtype
 
@@ -23,10 +23,7 @@ def cayley(W: Tensor) -> Tensor:
 @register_candidate(
     "monarch",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 006, Monarch-gated state transition SSM (Monarch matrices: Dao et al. 2022); "
-        "M(x_t) = P^T L(x_t) P R(x_t) with gated Cayley-orthogonal blocks"
-    ),
+    reference="Monarch matrices (Dao et al. 2022) as input-dependent transitions: M(x_t) = P^T L(x_t) P R(x_t) with gated Cayley-orthogonal blocks",
 )
 class MonarchMixer(MaterialisedTransition):
     """``A_t = P^T L_t P R_t``: ``L_t = blockdiag(alpha_{t,i} L_i)``, ``R_t = blockdiag(beta_{t,i} R_i)``.

@@ -1,16 +1,16 @@
-"""PD-SSM: column one-hot x complex diagonal transitions (Terzić et al. 2025, trick 249)."""
+"""PD-SSM: column one-hot x complex diagonal transitions (Terzić et al. 2025)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from harness.kernels import perm_diag_scan as pd_ops
-from harness.kernels.cost import TokenCost, compute
-from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 
 from ._transition import TransitionMixer
 from .dense import linear
@@ -19,10 +19,7 @@ from .dense import linear
 @register_candidate(
     "pd-ssm",
     groups=("transitions",),
-    reference=(
-        "Terzic et al. 2025 (NeurIPS), Structured Sparse Transition Matrices to Enable State Tracking "
-        "in State-Space Models (PD-SSM); trick 249"
-    ),
+    reference="Terzic et al. 2025 (NeurIPS), Structured Sparse Transition Matrices to Enable State Tracking in State-Space Models (PD-SSM): one-hot column matrix x complex diagonal",
 )
 class PDSSMMixer(TransitionMixer):
     """``A_t = P_t D_t``: ``P_t`` column one-hot (each column a single 1), ``D_t`` complex diagonal.

@@ -234,8 +234,14 @@ def _gradients_finite(name: str) -> str:
     for pname, p in m.named_parameters():
         if p.grad is not None and not torch.isfinite(p.grad).all():
             raise Failed(f"non-finite gradient in parameter {pname!r}")
-    if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()):
-        raise Failed("no parameter receives a gradient")
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    if dead:
+        shown = ", ".join(dead[:6]) + (", ..." if len(dead) > 6 else "")
+        raise Failed(
+            f"{len(dead)} parameter(s) receive no gradient ({shown}): they do not reach the output "
+            "(a modifier's output_gate is unused when a mixer does not end forward/step with "
+            "self.readout(o, x))"
+        )
     return "finite, nonzero input and parameter gradients"
 
 

@@ -19,11 +19,10 @@ from torch import Tensor, nn
 
 from harness import Mixer, get_candidate, register_candidate
 from harness import registry as reg
-from harness.bench import common, report
+from harness.bench import common, report, throughput
 from harness.bench.cli import main as bench_main
 from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
 from harness.bench.scans import ScansConfig, run_scans
-from harness.bench import throughput
 from harness.bench.throughput import ThroughputConfig, run_throughput, spread_rounds
 from harness.bench.timing import (
     check_clock,

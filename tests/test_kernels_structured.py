@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from harness.kernels.dense_scan import dense_scan, linear_recurrence_dense
 from harness.kernels.monomial import (
     block_diag_apply,
@@ -297,6 +298,7 @@ def test_materialised_transitions_are_contractions(name):
 @pytest.mark.parametrize("osc", [False, True])
 def test_dplr_woodbury_equals_explicit_cayley(osc):
     import torch.nn.functional as F
+
     from harness.candidates.dense import linear
 
     m = _build("osc-dplr" if osc else "dplr", rank=2)
