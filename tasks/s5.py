@@ -121,7 +121,10 @@ class S5(Task):
 
     TIERS = {
         "smoke": {"config": {"seq_len": 8, "test_lengths": (16,)}},
-        "quick": {"config": {"seq_len": 16, "test_lengths": (32, 64), "tokens": "generators"}},
+        "quick": {
+            "config": {"seq_len": 16, "test_lengths": (32, 64), "tokens": "generators"},
+            "train": {"steps": 2000},
+        },
         "full": {"config": {"seq_len": 32, "test_lengths": (64, 128, 256)}},
     }
 
