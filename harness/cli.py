@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from harness.registry import (
     modifier_names,
     task_names,
 )
-from harness.results import CorruptRecord, RecordStore
+from harness.results import CorruptRecord, RecordStore, dumps_strict
 from harness.tiers import TIERS
 
 DEFAULT_BASELINES = "softmax,diagonal"
@@ -87,7 +86,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if what != "all":
         data = {what: data[what]}
     if args.format == "json":
-        print(json.dumps(data, indent=2, default=str))
+        print(dumps_strict(data, indent=2, default=str))
         return 0
     if "candidates" in data:
         print(
@@ -185,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     res = run_sweep(runs, _store(args), force=args.force, progress=not args.quiet)
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
-        print(json.dumps(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
+        print(dumps_strict(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
     return 1 if res.failed else 0
 
 
@@ -318,7 +317,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         rec = store.find(args.run_id)
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
-    print(json.dumps(rec, indent=2, default=str))
+    print(dumps_strict(rec, indent=2, default=str))
     return 0
 
 

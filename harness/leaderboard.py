@@ -12,7 +12,6 @@ seeds solved the task, in how many steps (median). Ranks: ``harness.scoring``.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.reference import TaskReference, reference_for
+from harness.results import dumps_strict
 from harness.scoring import Cell, cells, column_flags, task_ranks
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
@@ -328,7 +328,7 @@ def render(board: Board, fmt: str = "table", title: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps(json_rows(board), indent=2, allow_nan=False)
+        return dumps_strict(json_rows(board), indent=2)
     if fmt == "csv":
         return csv_frame(board).to_csv(index=False)
     shown, details = main_frame(board), detail_frame(board)
