@@ -230,7 +230,7 @@ def _summary_line(rec: dict[str, Any]) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.sweep import default_jobs, plan, run_sweep
 
-    candidates = _compare_candidates(args)
+    candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
     n_seeds, lrs = args.seeds, [float(x) for x in split_names(args.lrs)] or None
     if args.look:
@@ -288,7 +288,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     _report_corrupt(bad)
     candidates = None
     if args.candidates or args.group:
-        candidates = _compare_candidates(args)
+        candidates = _swept(args, _compare_candidates(args))
+    elif args.sweep:
+        raise CLIError("--sweep needs --group or --candidates (the candidates to sweep)")
     tasks = split_names(args.tasks) or None
     records = lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
     if not args.all_versions:
@@ -309,6 +311,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
     _print_board(args, records, candidates, tasks, title)
     return 1 if bad else 0
+
+
+def _swept(args: argparse.Namespace, candidates: list[str]) -> list[str]:
+    """``--sweep key=v1,v2``: each candidate with that hyperparameter as one labelled variant per
+    value (``diagonal[d_state=8]``); the others are said so and run at their defaults."""
+    if not args.sweep:
+        return candidates
+    from harness.variants import expand_sweep, parse_sweep
+
+    names, notes = expand_sweep(
+        candidates, [parse_sweep(s) for s in args.sweep], lambda n: get_candidate(n).hparam_defaults
+    )
+    for note in notes:
+        print(note, file=sys.stderr)
+    return names
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -373,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--bench", action="store_true", help="add throughput/numerics columns from bench records"
         )
         p.add_argument("--output", help="write the leaderboard to this file instead of stdout")
+        p.add_argument(
+            "--sweep",
+            action="append",
+            metavar="KEY=V1,V2",
+            help="each candidate with hyperparameter KEY as one variant per value, e.g. d_state=4,8,16 "
+            "-> diagonal[d_state=4], ...; repeatable (the product)",
+        )
         _add_common(p)
         if name == "compare":
             p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's, 3 at quick)")
