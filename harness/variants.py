@@ -116,9 +116,17 @@ def canonical_name(name: str) -> str:
     return variant_name(base, overrides)
 
 
+def split_label(name: str) -> tuple[str, dict[str, Any]]:
+    """``parse_variant`` for display: a name that is not a well-formed label is its own base."""
+    try:
+        return parse_variant(name)
+    except VariantError:
+        return name, {}
+
+
 def base_name(name: str) -> str:
     """The candidate a variant label is built from (the name itself otherwise)."""
-    return parse_variant(name)[0] if is_variant(name) else name
+    return split_label(name)[0]
 
 
 # -- sweeps ------------------------------------------------------------------------------------------
