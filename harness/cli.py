@@ -262,6 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _print_board(args, res.records, candidates, tasks, title)
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
+    _report_hint(args)
     return 1 if res.failed else 0
 
 
@@ -310,6 +311,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     candidates = candidates or sorted({r["candidate"] for r in records})
     title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
     _print_board(args, records, candidates, tasks, title)
+    _report_hint(args)
     return 1 if bad else 0
 
 
@@ -326,6 +328,18 @@ def _swept(args: argparse.Namespace, candidates: list[str]) -> list[str]:
     for note in notes:
         print(note, file=sys.stderr)
     return names
+
+
+def _report_hint(args: argparse.Namespace) -> None:
+    """Where the report of these records would go (``harness report`` builds it)."""
+    import shlex
+
+    from harness.report import default_output
+
+    group = f" --group {shlex.quote(args.group)}" if args.group else ""
+    where = "" if args.results_dir == "results" else f" --results-dir {shlex.quote(args.results_dir)}"
+    out = default_output(args.results_dir) / "index.html"
+    print(f"report: `harness report{group} --tier {args.tier}{where}` writes {out}", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -445,10 +459,12 @@ def _add_optional_commands(sub) -> None:
     from harness.bench.cli import add_bench_commands
     from harness.gate import add_gate_command
     from harness.history import add_history_commands
+    from harness.report.cli import add_report_command
 
     add_bench_commands(sub)
     add_history_commands(sub)
     add_gate_command(sub)
+    add_report_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
