@@ -364,11 +364,30 @@ def _md_escape(text: str) -> str:
 
 
 def _html(board: Board, shown: pd.DataFrame, details: pd.DataFrame, title: str | None) -> str:
-    body = [f"<h2>{html.escape(title)}</h2>" if title else ""]
+    """A standalone page (no script, no remote file): the tables, the notes, and where the report
+    with figures and provenance comes from. Every value is escaped."""
+    heading = html.escape(title or "mixer-harness leaderboard")
+    body = [f"<h1>{heading}</h1>"]
     body.append(shown.to_html(index=False, border=0, escape=True))
     body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes(board)) + "</ul>")
+    body.append(
+        "<h2>Chosen learning rate; seeds that solved the task @ median steps to solve; task rank</h2>"
+    )
     body.append(details.to_html(index=False, border=0, escape=True))
-    return "\n".join(body)
+    body.append(
+        "<p>Figures (quality vs speed, extrapolation, recall vs state size, scaling, numerics) and "
+        "provenance: <code>harness report</code>.</p>"
+    )
+    style = (
+        "body{font:14px/1.4 system-ui,sans-serif;margin:24px}table{border-collapse:collapse;font-size:13px}"
+        "th,td{border:1px solid #ddd;padding:3px 7px;text-align:left}th{background:#f4f4f4}"
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>{heading}</title><style>{style}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>"
+    )
 
 
 def csv_frame(board: Board) -> pd.DataFrame:

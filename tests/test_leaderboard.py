@@ -175,7 +175,10 @@ def test_markdown_and_html_escape_names():
     board = lb.build_board([rec(name, "t", 0, 1e-3, 0.5, 0.5)], [name], ["t"])
     md = lb.render(board, "markdown")
     assert "<img" not in md and "\\|x" in md
-    assert "<img" not in lb.render(board, "html")
+    page = lb.render(board, "html", title="group <b> — tier quick")
+    assert "<img" not in page and "&lt;img src=x" in page
+    assert page.startswith("<!doctype html>") and "<title>group &lt;b&gt; — tier quick</title>" in page
+    assert "<script" not in page and "http" not in page
 
 
 def _board_for_schema():

@@ -234,6 +234,8 @@ def test_report_cli_and_missing_records(tmp_path, capsys):
     assert main(["report", "--tier", "smoke", "--results-dir", str(tmp_path)]) == 2
     assert "no stored smoke training records" in capsys.readouterr().err
     make_sweep_store(tmp_path)
+    (tmp_path / "asv" / "html").mkdir(parents=True)
+    (tmp_path / "asv" / "html" / "index.html").write_text("<html></html>")  # a published history
     rc = main(
         [
             "report",
@@ -250,6 +252,25 @@ def test_report_cli_and_missing_records(tmp_path, capsys):
     assert rc == 0, err
     assert "transitions: 7 candidates" in out and "deltanet: 2048 B (deltanet[d_state=8])" in out
     assert (tmp_path / "report" / "index.html").exists() and "report written to" in err
+    assert 'href="../asv/html/index.html"' in (tmp_path / "report" / "group-transitions.html").read_text()
+    # a rebuild replaces the earlier report; a folder holding something else is refused
+    assert main(["report", "--tier", "smoke", "--results-dir", str(tmp_path), "--all-versions"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--tier",
+                "smoke",
+                "--results-dir",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "asv"),
+                "--all-versions",
+            ]
+        )
+        == 2
+    )
+    assert "not empty" in capsys.readouterr().err
     assert main(["report", "--tier", "smoke", "--results-dir", str(tmp_path), "--group", "nope"]) == 2
 
 
