@@ -55,7 +55,10 @@ def parse_sets(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 
 
 def split_names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
+    """Comma-separated names; commas inside a variant label's brackets (``x[a=1,b=2]``) stay."""
+    from harness.variants import split_top
+
+    return [n.strip() for n in split_top(text or "") if n.strip()]
 
 
 # -- list ---------------------------------------------------------------------------------------

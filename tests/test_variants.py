@@ -108,6 +108,16 @@ def test_compare_sweep_runs_each_value_as_a_labelled_variant(tmp_path, capsys, i
     assert "no selected candidate has that hyperparameter" in capsys.readouterr().err
 
 
+def test_name_lists_keep_commas_inside_a_label():
+    from harness.cli import split_names
+
+    assert split_names("softmax, diagonal[d_state=8,n_heads=2],deltanet") == [
+        "softmax",
+        "diagonal[d_state=8,n_heads=2]",
+        "deltanet",
+    ]
+
+
 def test_run_accepts_a_variant_label(tmp_path, installed_plugin):
     cells = plan(["toy-ema[decay=0.5]"], ["toy-last"], "smoke")
     res = run_sweep(cells, RecordStore(tmp_path), progress=False)
