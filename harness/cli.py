@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from harness.registry import (
     modifier_names,
     task_names,
 )
-from harness.results import CorruptRecord, RecordStore
+from harness.results import CorruptRecord, RecordStore, dumps_strict
 from harness.tiers import TIERS
 
 DEFAULT_BASELINES = "softmax,diagonal"
@@ -56,7 +55,10 @@ def parse_sets(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 
 
 def split_names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
+    """Comma-separated names; commas inside a variant label's brackets (``x[a=1,b=2]``) stay."""
+    from harness.variants import split_top
+
+    return [n.strip() for n in split_top(text or "") if n.strip()]
 
 
 # -- list ---------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if what != "all":
         data = {what: data[what]}
     if args.format == "json":
-        print(json.dumps(data, indent=2, default=str))
+        print(dumps_strict(data, indent=2, default=str))
         return 0
     if "candidates" in data:
         print(
@@ -185,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     res = run_sweep(runs, _store(args), force=args.force, progress=not args.quiet)
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
-        print(json.dumps(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
+        print(dumps_strict(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
     return 1 if res.failed else 0
 
 
@@ -231,7 +233,7 @@ def _summary_line(rec: dict[str, Any]) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.sweep import default_jobs, plan, run_sweep
 
-    candidates = _compare_candidates(args)
+    candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
     n_seeds, lrs = args.seeds, [float(x) for x in split_names(args.lrs)] or None
     if args.look:
@@ -263,6 +265,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _print_board(args, res.records, candidates, tasks, title)
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
+    _report_hint(args)
     return 1 if res.failed else 0
 
 
@@ -289,7 +292,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     _report_corrupt(bad)
     candidates = None
     if args.candidates or args.group:
-        candidates = _compare_candidates(args)
+        candidates = _swept(args, _compare_candidates(args))
+    elif args.sweep:
+        raise CLIError("--sweep needs --group or --candidates (the candidates to sweep)")
     tasks = split_names(args.tasks) or None
     records = lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
     if not args.all_versions:
@@ -309,7 +314,35 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     candidates = candidates or sorted({r["candidate"] for r in records})
     title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
     _print_board(args, records, candidates, tasks, title)
+    _report_hint(args)
     return 1 if bad else 0
+
+
+def _swept(args: argparse.Namespace, candidates: list[str]) -> list[str]:
+    """``--sweep key=v1,v2``: each candidate with that hyperparameter as one labelled variant per
+    value (``diagonal[d_state=8]``); the others are said so and run at their defaults."""
+    if not args.sweep:
+        return candidates
+    from harness.variants import expand_sweep, parse_sweep
+
+    names, notes = expand_sweep(
+        candidates, [parse_sweep(s) for s in args.sweep], lambda n: get_candidate(n).hparam_defaults
+    )
+    for note in notes:
+        print(note, file=sys.stderr)
+    return names
+
+
+def _report_hint(args: argparse.Namespace) -> None:
+    """Where the report of these records would go (``harness report`` builds it)."""
+    import shlex
+
+    from harness.report import default_output
+
+    group = f" --group {shlex.quote(args.group)}" if args.group else ""
+    where = "" if args.results_dir == "results" else f" --results-dir {shlex.quote(args.results_dir)}"
+    out = default_output(args.results_dir) / "index.html"
+    print(f"report: `harness report{group} --tier {args.tier}{where}` writes {out}", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -318,7 +351,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         rec = store.find(args.run_id)
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
-    print(json.dumps(rec, indent=2, default=str))
+    print(dumps_strict(rec, indent=2, default=str))
     return 0
 
 
@@ -424,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--bench", action="store_true", help="add throughput/numerics columns from bench records"
         )
         p.add_argument("--output", help="write the leaderboard to this file instead of stdout")
+        p.add_argument(
+            "--sweep",
+            action="append",
+            metavar="KEY=V1,V2",
+            help="each candidate with hyperparameter KEY as one variant per value, e.g. d_state=4,8,16 "
+            "-> diagonal[d_state=4], ...; repeatable (the product)",
+        )
         _add_common(p)
         if name == "compare":
             p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's, 3 at quick)")
@@ -479,10 +519,12 @@ def _add_optional_commands(sub) -> None:
     from harness.bench.cli import add_bench_commands
     from harness.gate import add_gate_command
     from harness.history import add_history_commands
+    from harness.report.cli import add_report_command
 
     add_bench_commands(sub)
     add_history_commands(sub)
     add_gate_command(sub)
+    add_report_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

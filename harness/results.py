@@ -7,11 +7,16 @@ same identity finds the record and reuses it; a changed candidate source gets a 
 written to a temporary file in the same directory and renamed, so a killed sweep never leaves a
 half-written record; a file that does not parse is reported by path (``CorruptRecord``), never
 silently skipped.
+
+Every JSON file the harness writes is strict JSON (RFC 8259): a NaN or an infinity, which Python's
+``json`` would write as the bare words ``NaN`` / ``Infinity`` that other parsers reject, is written as
+``null`` (``strict_json``), and the writer refuses anything that is still not JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -29,12 +34,35 @@ class CorruptRecord(RuntimeError):
         self.path = path
 
 
+def strict_json(obj: Any) -> Any:
+    """A copy of ``obj`` that is valid JSON: non-finite floats become ``None`` (JSON ``null``), tuples
+    lists, numpy scalars and arrays Python numbers and lists, dict keys strings. Other objects are
+    left for the encoder (``default=str`` where the caller gives it)."""
+    if isinstance(obj, float):  # numpy.float64 included
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return int(obj) if isinstance(obj, int) and not isinstance(obj, bool) else obj
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return strict_json(obj.tolist())
+    return obj
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``strict_json(obj)`` with ``allow_nan=False``: never a bare NaN."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN and infinity as null) via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            json.dump(strict_json(obj), f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
