@@ -380,7 +380,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     results = {n: check_candidate(n, tuple(dtypes)) for n in names}
     failed = [n for n, rs in results.items() if not conforms(rs)]
     if args.format == "json":
-        print(json.dumps({n: [r.as_dict() for r in rs] for n, rs in results.items()}, indent=2))
+        print(dumps_strict({n: [r.as_dict() for r in rs] for n, rs in results.items()}, indent=2))
     else:
         rows = []
         for n, rs in results.items():

@@ -572,8 +572,8 @@ def build_report(
     baselines: Sequence[str] = rd.DEFAULT_BASELINES,
 ) -> Report:
     """Read the stored records of ``tier`` and write the site under ``output``."""
-    from harness.report import default_output
     from harness.registry import group_members
+    from harness.report import default_output
 
     results_dir = Path(results_dir)
     out = Path(output) if output is not None else default_output(results_dir)
