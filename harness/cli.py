@@ -160,9 +160,23 @@ def _bench_extra(store: RecordStore, candidates: list[str]):
     return bench_columns(store, candidates)
 
 
-def _print_board(args, records, candidates, tasks, title) -> None:
+def _stored_nonconforming(store: RecordStore, candidates: list[str]) -> dict[str, list[str]]:
+    """Candidates whose stored conformance verdict (for their current sources) is a failure."""
+    from harness.conformance import stored_verdict
+
+    out = {}
+    for name in candidates:
+        verdict = stored_verdict(name, store)
+        if verdict is not None and verdict.get("status") != "conforms":
+            out[name] = list(verdict.get("failed") or [])
+    return out
+
+
+def _print_board(args, records, candidates, tasks, title, nonconforming=None) -> None:
     extra = _bench_extra(_store(args), candidates) if getattr(args, "bench", False) else None
-    board = lb.build_board(records, candidates, tasks, extra=extra)
+    if nonconforming is None:
+        nonconforming = _stored_nonconforming(_store(args), candidates)
+    board = lb.build_board(records, candidates, tasks, extra=extra, nonconforming=nonconforming)
     text = lb.render(board, args.format, title=None if args.format in ("json", "csv") else title)
     if args.output:
         Path(args.output).write_text(text + "\n")
@@ -186,6 +200,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     res = run_sweep(runs, _store(args), force=args.force, progress=not args.quiet)
+    if res.nonconforming:
+        return 1
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
         print(dumps_strict(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
     return 1 if res.failed else 0
@@ -262,11 +278,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     title = _title(args.group or "compare", args.tier, look=args.look)
-    _print_board(args, res.records, candidates, tasks, title)
+    nonconforming = {name: list(v.get("failed") or []) for name, v in res.nonconforming.items()}
+    _print_board(args, res.records, candidates, tasks, title, nonconforming)
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
     _report_hint(args)
-    return 1 if res.failed else 0
+    return 1 if res.failed or res.nonconforming else 0
 
 
 def _look_lr(tier: str, tasks: list[str]) -> float:

@@ -326,3 +326,55 @@ def check_candidate(name: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES)
 
 def conforms(results: list[CheckResult]) -> bool:
     return all(r.status != "fail" for r in results)
+
+
+# -- the gate before training ---------------------------------------------------------------------
+def conformance_identity(name: str) -> dict[str, Any]:
+    """What fixes a candidate's conformance verdict: its sources and resolved hyperparameters, and
+    the checks' own sources. A record under this identity is reused until one of them changes."""
+    from harness.identity import closure, hash_files, source_files
+
+    spec = get_candidate(name)
+    return {
+        "kind": "conformance",
+        "candidate": name,
+        "hparams": spec.validate_hparams({}),
+        "candidate_source": spec.source_hash(),
+        "checks_source": hash_files(source_files(closure(["harness.conformance"]))),
+        "device": "cpu",
+    }
+
+
+def conformance_record(name: str, store, force: bool = False) -> dict[str, Any]:
+    """The stored conformance verdict of ``name``, checked now if there is none for its current
+    sources (once per candidate source hash)."""
+    from harness.identity import run_id_for
+
+    identity = conformance_identity(name)
+    run_id = run_id_for(identity)
+    if not force:
+        existing = store.get("conformance", run_id)
+        if existing is not None:
+            return existing
+    results = check_candidate(name)
+    record = {
+        "kind": "conformance",
+        "run_id": run_id,
+        "identity": identity,
+        "candidate": name,
+        "status": "conforms" if conforms(results) else "nonconforming",
+        "failed": [r.check for r in results if r.status == "fail"],
+        "results": [r.as_dict() for r in results],
+    }
+    store.save(record)
+    return record
+
+
+def stored_verdict(name: str, store) -> dict[str, Any] | None:
+    """The conformance record of ``name`` for its current sources, if one is stored (no checking)."""
+    from harness.identity import run_id_for
+
+    try:
+        return store.get("conformance", run_id_for(conformance_identity(name)))
+    except (KeyError, ValueError):
+        return None

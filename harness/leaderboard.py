@@ -73,6 +73,7 @@ class Board:
     info: dict[str, dict[str, Any]]  # candidate -> params, state_bytes, state_T
     extra: pd.DataFrame | None = None
     n_seeds: int = 0
+    nonconforming: dict[str, list[str]] = field(default_factory=dict)  # candidate -> failed checks
 
     def cell(self, cand: str, task: str) -> Cell | None:
         return self.cells.get((cand, task))
@@ -84,7 +85,7 @@ class Board:
     def ordered(self) -> list[str]:
         def key(c: str) -> tuple:
             r = self.overall.get(c)
-            return (r is None, r if r is not None else -self.n_cells(c), c)
+            return (c in self.nonconforming, r is None, r if r is not None else -self.n_cells(c), c)
 
         return sorted(self.candidates, key=key)
 
@@ -125,11 +126,16 @@ def build_board(
     candidates: list[str] | None = None,
     tasks: list[str] | None = None,
     extra: pd.DataFrame | None = None,
+    nonconforming: dict[str, list[str]] | None = None,
 ) -> Board:
-    """Verdicts, ranks, reference rows and column flags of a set of training records."""
-    all_cells = cells(records)
+    """Verdicts, ranks, reference rows and column flags of a set of training records.
+
+    ``nonconforming`` (candidate -> failed conformance checks) are shown, never scored or ranked:
+    their records, if any, are left out."""
+    nonconforming = dict(nonconforming or {})
+    all_cells = cells(r for r in records if r.get("candidate") not in nonconforming)
     tasks = tasks or sorted({t for _, t in all_cells})
-    candidates = candidates or sorted({c for c, _ in all_cells})
+    candidates = candidates or sorted({c for c, _ in all_cells} | set(nonconforming))
     all_cells = {k: v for k, v in all_cells.items() if k[0] in candidates and k[1] in tasks}
     ranks: dict[str, dict[str, int]] = {}
     columns: list[Column] = []
@@ -169,11 +175,24 @@ def build_board(
         columns.append(col)
     overall: dict[str, float | None] = {}
     for cand in candidates:
+        if cand in nonconforming:
+            overall[cand] = None
+            continue
         per_task = [ranks[t][cand] for t in tasks if cand in ranks[t]]
         overall[cand] = sum(per_task) / len(per_task) if len(per_task) == len(tasks) and tasks else None
     n_seeds = max((len(c.seeds) for c in all_cells.values()), default=0)
     return Board(
-        candidates, tasks, all_cells, ranks, overall, columns, references, _info(records), extra, n_seeds
+        candidates,
+        tasks,
+        all_cells,
+        ranks,
+        overall,
+        columns,
+        references,
+        _info(records),
+        extra,
+        n_seeds,
+        nonconforming,
     )
 
 
@@ -231,6 +250,8 @@ def _detail_text(cell: Cell | None) -> str:
 
 
 def _rank_text(board: Board, cand: str) -> str:
+    if cand in board.nonconforming:
+        return f"not ranked: fails {', '.join(board.nonconforming[cand])}"
     r = board.overall.get(cand)
     if r is None:
         return f"incomplete: {board.n_cells(cand)} of {len(board.tasks)} cells"
@@ -250,7 +271,11 @@ def main_frame(board: Board) -> pd.DataFrame:
             state_label: _fmt_bytes(info.get("state_bytes")),
         }
         for col in board.columns:
-            row[col.label] = _cell_text(board.cell(cand, col.task), col)
+            row[col.label] = (
+                "NONCONFORMING"
+                if cand in board.nonconforming
+                else _cell_text(board.cell(cand, col.task), col)
+            )
         if board.extra is not None and cand in board.extra.index:
             for k, v in board.extra.loc[cand].items():
                 row[k] = _fmt_num(v)
@@ -510,6 +535,7 @@ def json_rows(board: Board) -> list[dict[str, Any]]:
                 "tie_group": overall_groups.get(cand),
                 "complete": overall is not None,
                 "cells": board.n_cells(cand),
+                "nonconforming": board.nonconforming.get(cand),
                 "bench": bench,
                 "tasks": tasks,
             }

@@ -118,6 +118,7 @@ class SweepResult:
     ran: int = 0
     reused: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    nonconforming: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate -> its verdict
 
 
 def current_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -253,14 +254,40 @@ def _run_all(queue: _Queue, jobs: int, on_record) -> Iterator[dict[str, Any]]:
                 yield record
 
 
+def gate_conformance(
+    cells: list[CellPlan], store: RecordStore, result: SweepResult, progress: bool
+) -> list[CellPlan]:
+    """The cells of candidates that conform (``harness.conformance``, checked once per candidate
+    source hash and stored); the others are noted in ``result.nonconforming`` and never trained."""
+    from harness.conformance import conformance_record
+
+    verdicts = {}
+    for name in dict.fromkeys(c.base.candidate for c in cells):
+        if progress:
+            print(f"conformance: {name} ...", end="\r", file=sys.stderr, flush=True)
+        verdicts[name] = conformance_record(name, store)
+        if verdicts[name]["status"] != "conforms":
+            result.nonconforming[name] = verdicts[name]
+            print(
+                f"NONCONFORMING {name}: fails {', '.join(verdicts[name]['failed'])}; not trained, not ranked "
+                f"(`harness check {name}` says what to fix)",
+                file=sys.stderr,
+            )
+    return [c for c in cells if c.base.candidate not in result.nonconforming]
+
+
 def run_sweep(
     cells: list[CellPlan],
     store: RecordStore,
     force: bool = False,
     progress: bool = True,
     jobs: int = 1,
+    check: bool = True,
 ) -> SweepResult:
+    """Run every cell's missing runs; with ``check`` (the default) only candidates that conform."""
     result = SweepResult()
+    if check:
+        cells = gate_conformance(cells, store, result, progress)
     tracker = _Cells(cells)
     queue = _Queue()
     seen: set[str] = set()
