@@ -160,6 +160,23 @@ def _bench_extra(store: RecordStore, candidates: list[str]):
     return bench_columns(store, candidates)
 
 
+def _seed_from_snapshot(args: argparse.Namespace, store: RecordStore) -> None:
+    """Copy the committed snapshot of this machine class into the store (``harness.snapshots``)."""
+    if getattr(args, "no_snapshot", False) or getattr(args, "device", "cpu") != "cpu":
+        return
+    from harness.machine import detect
+    from harness.snapshots import seed_store, snapshot_path
+
+    path = snapshot_path(args.tier, detect("cpu").name)
+    copied = seed_store(store, path)
+    if copied:
+        print(
+            f"{copied} records copied from the committed snapshot {path} (this machine class; "
+            "--no-snapshot trains everything)",
+            file=sys.stderr,
+        )
+
+
 def _stored_nonconforming(store: RecordStore, candidates: list[str]) -> dict[str, list[str]]:
     """Candidates whose stored conformance verdict (for their current sources) is a failure."""
     from harness.conformance import stored_verdict
@@ -269,6 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else default_jobs()
     if jobs < 1:
         raise CLIError(f"--jobs must be >= 1, got {jobs}")
+    _seed_from_snapshot(args, store)
     res = run_sweep(runs, store, force=args.force, progress=not args.quiet, jobs=jobs)
     took = time.perf_counter() - t0
     print(
@@ -305,6 +323,7 @@ def _title(name: str, tier: str, look: bool) -> str:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = _store(args)
+    _seed_from_snapshot(args, store)
     records, bad = store.records("train")
     _report_corrupt(bad)
     candidates = None
@@ -369,6 +388,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
     print(dumps_strict(rec, indent=2, default=str))
+    return 0
+
+
+# -- snapshot -----------------------------------------------------------------------------------
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Merge the stored records a leaderboard of this selection uses into the committed snapshot."""
+    from harness.conformance import stored_verdict
+    from harness.machine import detect
+    from harness.snapshots import export, snapshot_path
+    from harness.sweep import current_records
+
+    store = _store(args)
+    candidates = _swept(args, _compare_candidates(args)) if (args.group or args.candidates) else None
+    tasks = split_names(args.tasks) or None
+    records, bad = store.records("train")
+    _report_corrupt(bad)
+    records, _ = current_records(
+        lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
+    )
+    if not records:
+        raise CLIError(f"no current {args.tier} records under {store.runs} for that selection")
+    names = sorted({r["candidate"] for r in records} | set(candidates or []))
+    verdicts = [v for v in (stored_verdict(n, store) for n in names) if v is not None]
+    path = Path(args.output) if args.output else snapshot_path(args.tier, detect("cpu").name)
+    total = export(store, path, records + verdicts)
+    print(
+        f"{len(records)} training records and {len(verdicts)} conformance verdicts merged into {path} ({total} records)"
+    )
     return 0
 
 
@@ -481,6 +528,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="each candidate with hyperparameter KEY as one variant per value, e.g. d_state=4,8,16 "
             "-> diagonal[d_state=4], ...; repeatable (the product)",
         )
+        p.add_argument(
+            "--no-snapshot",
+            action="store_true",
+            help="do not copy the committed records of this machine class (results/snapshots/) into the store",
+        )
         _add_common(p)
         if name == "compare":
             p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's, 3 at quick)")
@@ -514,6 +566,24 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also use records of older candidate/engine code (default: only what compare would reuse)",
             )
             p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser(
+        "snapshot",
+        help="merge the stored records of a selection into the committed snapshot (results/snapshots/)",
+    )
+    p.add_argument("--group", help="candidate group")
+    p.add_argument("--candidates", help="comma-separated candidate names")
+    p.add_argument("--tasks", help="comma-separated task names (default: all)")
+    p.add_argument("--tier", default="quick", choices=sorted(TIERS))
+    p.add_argument(
+        "--baselines", default=DEFAULT_BASELINES, help=f"also included (default {DEFAULT_BASELINES})"
+    )
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2", help="the swept variants too")
+    p.add_argument(
+        "--output", help="the snapshot file (default results/snapshots/<tier>-<machine class>.jsonl.gz)"
+    )
+    p.add_argument("--results-dir", default="results", help="where records live (default ./results)")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("check", help="conformance checks of candidates (built-in or plug-in)")
     p.add_argument("names", nargs="*", metavar="NAME", help="candidate names")
