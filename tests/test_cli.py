@@ -55,7 +55,7 @@ def test_unknown_hyperparameter_is_an_error(capsys):
         capsys, "run", "--candidate", "softmax", "--task", "mqar", "--tier", "smoke", "--set", "n_head=2"
     )
     assert rc == 2
-    assert "unknown hyperparameter of candidate 'softmax' 'n_head'" in err and "'n_heads'" in err
+    assert "unknown hyperparameter 'n_head' of candidate 'softmax'" in err and "'n_heads'" in err
 
 
 def test_unknown_task_field_and_bad_set_syntax(capsys):
