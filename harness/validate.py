@@ -245,6 +245,10 @@ def _show(value: Any) -> str:
 MAX_TRIAL_PARAMS = 1 << 27
 
 
+class TooBig(Exception):
+    """A trial build refused for its size (said in words, no exception name needed)."""
+
+
 def _trial(spec, d_model: int, hparams: dict[str, Any]) -> BaseException | None:
     """Build the candidate at ``d_model`` on CPU and run a tiny forward; the exception, if any.
 
@@ -254,7 +258,7 @@ def _trial(spec, d_model: int, hparams: dict[str, Any]) -> BaseException | None:
 
     try:
         with torch.device("meta"):
-            n_params = sum(p.numel() for p in spec.cls(d_model, **hparams).parameters())
+            n_params = sum(p.numel() for p in spec.build(d_model, **hparams).parameters())
     except Exception:  # a constructor that cannot run on meta is tried for real below
         n_params = 0
     if n_params > MAX_TRIAL_PARAMS:
@@ -264,7 +268,7 @@ def _trial(spec, d_model: int, hparams: dict[str, Any]) -> BaseException | None:
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
-            mixer = spec.cls(d_model, **hparams)
+            mixer = spec.build(d_model, **hparams)  # as training builds it (a modifier included)
             y = mixer(torch.randn(1, 4, d_model))
             if not isinstance(y, torch.Tensor) or tuple(y.shape) != (1, 4, d_model):
                 shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -272,10 +276,6 @@ def _trial(spec, d_model: int, hparams: dict[str, Any]) -> BaseException | None:
     except Exception as e:  # any failure is the answer we want
         return e
     return None
-
-
-class TooBig(Exception):
-    """A trial build refused for its size (said in words, no exception name needed)."""
 
 
 def _words(exc: BaseException) -> str:
