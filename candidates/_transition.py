@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from harness import Mixer
+from harness.kernels.cost import TokenCost
 
 
 class TransitionMixer(Mixer):
@@ -45,6 +46,12 @@ class TransitionMixer(Mixer):
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
         return q, k, v
 
+    def algebra_cost(self) -> TokenCost | None:
+        """Theoretical cost of one token, all heads, beyond the ``nn.Linear`` projections (which
+        ``harness bench`` counts from the module): building ``A_t`` and the scan, from the kernels'
+        ``token_cost``. None where a candidate does not declare it."""
+        return None
+
     # -- to implement ---------------------------------------------------------------------------
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Parallel form: ``o [B, T, H, P]`` from the whole sequence."""
@@ -57,7 +64,7 @@ class TransitionMixer(Mixer):
     # -- the Mixer contract ---------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x)
-        return self.out(self.mix(x, q, k, v).flatten(-2))
+        return self.readout(self.mix(x, q, k, v).flatten(-2), x)
 
     def init_state(self, batch, device=None, dtype=None):
         if self.state_dtype_is_complex:
@@ -67,4 +74,4 @@ class TransitionMixer(Mixer):
     def step(self, x_t: Tensor, state):
         q, k, v = (t[:, 0] for t in self.qkv(x_t[:, None]))
         o, state = self.mix_step(x_t, q, k, v, state)
-        return self.out(o.flatten(-2)), state
+        return self.readout(o.flatten(-2), x_t), state

@@ -23,13 +23,13 @@ State: ``[H, 153, d_v + 1]`` for the linear branch plus ``2 * H * window * d_v``
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
+from harness import Mixer, register_candidate
 from harness.kernels.feature_maps import rotary, taylor_dim
 from harness.kernels.sliding_window import empty_state as window_state
 from harness.kernels.sliding_window import sliding_window_attention
 from harness.kernels.taylor_attn import taylor_linear_attention
-from torch import Tensor, nn
-
-from harness import Mixer, register_candidate
 
 
 @register_candidate(
@@ -71,9 +71,9 @@ class Based(Mixer):
         wk = rotary(wk.reshape(*lead, H, P), positions, self.rope_base)
         return lq, lk, lv, wq, wk, wv.reshape(*lead, H, P)
 
-    def _combine(self, o_lin: Tensor, o_win: Tensor, dtype: torch.dtype) -> Tensor:
+    def _combine(self, o_lin: Tensor, o_win: Tensor, x: Tensor) -> Tensor:
         num, den = o_lin[..., :-1], o_lin[..., -1:]  # den >= (number of tokens) / 2 > 0
-        return self.out((num / den + o_win).flatten(-2).to(dtype))
+        return self.readout((num / den + o_win).flatten(-2).to(x.dtype), x)
 
     def forward(self, x: Tensor) -> Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
@@ -82,7 +82,7 @@ class Based(Mixer):
             lq, lk, lv, impl="chunk", chunk_size=self.chunk_size, output_final_state=False
         )
         o_win, _ = sliding_window_attention(wq, wk, wv, self.window, impl="chunk")
-        return self._combine(o_lin, o_win, x.dtype)
+        return self._combine(o_lin, o_win, x)
 
     def init_state(self, batch, device=None, dtype=None):
         """``(S [B, H, F, d_v + 1], (k_buf [B, H, W, d_v], v_buf, pos))``."""
@@ -96,4 +96,4 @@ class Based(Mixer):
         lq, lk, lv, wq, wk, wv = self._project(x_t[:, None], ring[2].reshape(1))
         o_lin, S = taylor_linear_attention(lq, lk, lv, initial_state=S, impl="recurrent")
         o_win, ring = sliding_window_attention(wq, wk, wv, self.window, initial_state=ring, impl="recurrent")
-        return self._combine(o_lin, o_win, x_t.dtype)[:, 0], (S, ring)
+        return self._combine(o_lin, o_win, x_t[:, None])[:, 0], (S, ring)

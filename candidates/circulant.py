@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import dense_scan as dense_scan_ops
+from harness.kernels import fourier
+from harness.kernels.cost import TokenCost, compute
 from harness.kernels.dense_scan import dense_scan
 from harness.kernels.fourier import (
     circulant_matrix,
@@ -72,6 +75,9 @@ class _CirculantBase(TransitionMixer):
         """Half-spectrum eigenvalues in polar form ``(magnitude, phase)``, ``[..., H, n_blocks, n_bins]``."""
         raise NotImplementedError
 
+    def algebra_cost(self) -> TokenCost:
+        return self.n_heads * fourier.token_cost(self.d_state, self.head_dim, self.n_blocks)
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = circulant_scan(q, k, v, self.eigenvalues(x), impl="chunk", chunk_size=self.chunk_size)
         return o.to(x.dtype)
@@ -87,7 +93,7 @@ class _CirculantBase(TransitionMixer):
 @register_candidate(
     "circulant",
     groups=("transitions",),
-    reference="seed 013: Circulant SSM, Fourier-domain parallel scan (direct Fourier parameterisation)",
+    reference="Input-dependent block-circulant transitions, diagonalised by the FFT: a complex diagonal scan in the Fourier domain (circulant structure as in Cheng et al. 2015, circulant projections)",
 )
 class CirculantMixer(_CirculantBase):
     """Input-dependent circulant ``A_t = F^{-1} diag(lam_t) F`` (per head; ``n_blocks > 1``: a
@@ -134,7 +140,7 @@ class CirculantMixer(_CirculantBase):
 @register_candidate(
     "cayley-circulant",
     groups=("transitions",),
-    reference="seed 027: Cayley-parameterised circulant orthogonal SSM (CC-SSM)",
+    reference="Cayley transform of a skew-circulant generator: exactly orthogonal, FFT-diagonalised transitions (Cayley parameterisation: Helfrich et al. 2018; circulant SSMs: see 'circulant')",
 )
 class CayleyCirculantMixer(_CirculantBase):
     """``A_t = gamma_t Q_t``, ``Q_t = (I + S_t)^{-1} (I - S_t)`` with ``S_t`` a skew-symmetric circulant.
@@ -189,7 +195,7 @@ class CayleyCirculantMixer(_CirculantBase):
 @register_candidate(
     "circulant-diagonal",
     groups=("transitions",),
-    reference="seed 023: circulant-diagonal SSM transitions A_t = D1(x_t) C(x_t) D2(x_t) (CDFlow factors)",
+    reference="Products of diagonal and circulant factors A_t = D1(x_t) C(x_t) D2(x_t) (the CDFlow factorisation, Feng & Liao 2021; Huhtanen & Peramaki 2015: products of diagonal and circulant matrices are dense)",
 )
 class CirculantDiagonalMixer(TransitionMixer):
     """``A_t = D1_t C_t D2_t``: diagonal, circulant, diagonal (proposal 023's ``m = 2`` CD product).
@@ -250,6 +256,14 @@ class CirculantDiagonalMixer(TransitionMixer):
         C = circulant_matrix(c)
         return d1[..., :, None] * C * d2[..., None, :]
 
+    def algebra_cost(self) -> TokenCost:
+        """Building ``A_t``: the first column by a real DFT (``2 N (N + 2)``), the circulant gather and
+        the two diagonal scalings (``3 N^2``); then the dense scan (products are not circulant-diagonal)."""
+        N = self.d_state
+        return self.n_heads * (
+            compute(2 * N * (N + 2) + 3 * N * N) + dense_scan_ops.token_cost(N, self.head_dim)
+        )
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = dense_scan(q, k, v, self.transition(x), impl="chunk", chunk_size=self.chunk_size)
         return o.to(x.dtype)
@@ -267,7 +281,7 @@ class CirculantDiagonalMixer(TransitionMixer):
 @register_candidate(
     "neumann-orthogonal",
     groups=("transitions",),
-    reference="seed 028: Neumann-Cayley orthogonal SSM (NC-SSM), input-dependent near-orthogonal transitions",
+    reference="Near-orthogonal input-dependent transitions: the Cayley transform with its inverse replaced by a truncated Neumann series (no solve per token)",
 )
 class NeumannOrthogonalMixer(TransitionMixer):
     """``A_t = gamma_t W_t``, ``W_t = (sum_{j<k} (-S_t)^j) (I - S_t)``: the Cayley transform
@@ -370,6 +384,14 @@ class NeumannOrthogonalMixer(TransitionMixer):
             if g is not None:
                 W = W * g.reshape(-1, 1, 1)
         return W.reshape(shape)
+
+    def algebra_cost(self) -> TokenCost:
+        """Building ``W_t``: ``2 (p - 1)`` N x N products for ``k = 2^p`` terms (else ``k``), ``2 N^3``
+        each, and ``3 N^2`` for the sums and the gate; then the dense scan (products are not Cayley)."""
+        N, k = self.d_state, self.neumann_terms
+        products = 2 * (k.bit_length() - 2) if k >= 2 and k & (k - 1) == 0 else k
+        build = products * 2 * N**3 + 3 * N * N
+        return self.n_heads * (compute(build) + dense_scan_ops.token_cost(N, self.head_dim))
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         o, _ = dense_scan(q, k, v, self.transition(x), impl="chunk", chunk_size=self.chunk_size)

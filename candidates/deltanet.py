@@ -17,10 +17,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.delta_rule import delta_product, delta_rule
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import delta_rule as delta_ops
+from harness.kernels.cost import TokenCost
+from harness.kernels.delta_rule import delta_product, delta_rule
 
 from ._transition import TransitionMixer
 
@@ -47,7 +49,7 @@ from ._transition import TransitionMixer
 @register_candidate(
     "deltaproduct-2",
     groups=("transitions",),
-    reference="Siems et al. 2025, DeltaProduct (trick 178): 2 Householder steps per token, beta in (0, 2)",
+    reference="Siems et al. 2025, DeltaProduct: 2 Householder (delta-rule) steps per token, beta in (0, 2)",
     n_householder=2,
     allow_negative=True,
     chunk_size=16,
@@ -55,7 +57,7 @@ from ._transition import TransitionMixer
 @register_candidate(
     "deltaproduct-3",
     groups=("transitions",),
-    reference="Siems et al. 2025, DeltaProduct (trick 178): 3 Householder steps per token, beta in (0, 2)",
+    reference="Siems et al. 2025, DeltaProduct: 3 Householder (delta-rule) steps per token, beta in (0, 2)",
     n_householder=3,
     allow_negative=True,
     chunk_size=16,
@@ -63,7 +65,7 @@ from ._transition import TransitionMixer
 @register_candidate(
     "ns-deltanet",
     groups=("transitions",),
-    reference="seed proposal 043, Newton-Schulz orthogonal DeltaNet: the chunk's UT inverse by Newton-Schulz",
+    reference="DeltaNet (Yang et al. 2024) with the chunk's triangular (UT) inverse computed by Newton-Schulz iterations (matmul only) instead of a sequential solve",
     solve="newton_schulz",
     chunk_size=16,
 )
@@ -150,6 +152,9 @@ class DeltaNetMixer(TransitionMixer):
         return delta_product(q, k, v, beta, decay, state, **kw)
 
     # -- the two forms ----------------------------------------------------------------------------
+    def algebra_cost(self) -> TokenCost:
+        return self.n_heads * delta_ops.token_cost(self.d_state, self.head_dim, self.n_householder)
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return self.run(*self.householder_inputs(x, q, k, v))[0]
 
@@ -172,7 +177,7 @@ def rotate_pairs(x: Tensor, angle: Tensor) -> Tensor:
 @register_candidate(
     "oh-deltaproduct",
     groups=("transitions",),
-    reference="seed proposal/experiment 020, OH-DeltaProduct: oscillatory rotation x Householder",
+    reference="DeltaProduct (Siems et al. 2025) with an oscillatory rotation before each Householder step: rotation x reflection per token",
 )
 class OHDeltaProductMixer(DeltaNetMixer):
     """``h_t = R(theta_t) [(I - beta_t k_t k_t^T) h_{t-1} + beta_t k_t v_t^T]``, ``o_t = h_t^T q_t``.

@@ -8,10 +8,12 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.dense_scan import dense_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import dense_scan as dense_scan_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.dense_scan import dense_scan
 
 from ._transition import TransitionMixer
 
@@ -39,6 +41,16 @@ class MaterialisedTransition(TransitionMixer):
     def transitions(self, x: Tensor) -> Tensor:
         """``x [B, T, D] -> A [B, H, T, N, N]`` (head-major, contiguous)."""
         raise NotImplementedError
+
+    def construction_flops(self) -> float | None:
+        """FLOPs to build one ``A_t`` (one head) beyond the projections; None: not declared."""
+        return None
+
+    def algebra_cost(self) -> TokenCost | None:
+        build = self.construction_flops()
+        if build is None:
+            return None
+        return self.n_heads * (compute(build) + dense_scan_ops.token_cost(self.d_state, self.head_dim))
 
     def apply_step(self, x_t: Tensor, h: Tensor) -> Tensor:
         """``A_t h`` for one step: ``x_t [B, D]``, ``h [B, H, N, P]``."""
@@ -94,6 +106,9 @@ class DenseMixer(MaterialisedTransition):
         self.select = nn.Linear(d_model, n_heads * dict_size, bias=False)
         N = d_state
         self.A_dict = nn.Parameter(torch.randn(n_heads, dict_size, N, N) / math.sqrt(N))
+
+    def construction_flops(self) -> float:
+        return 2 * self.dict_size * self.d_state**2  # sum_k s_k A_k
 
     def dictionary(self, dtype: torch.dtype) -> Tensor:
         """``[H, K, N*N]``: the dictionary with unit-l1 columns."""

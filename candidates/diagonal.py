@@ -11,10 +11,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.diag_scan import diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels.diag_scan import diag_scan
 
 from ._transition import TransitionMixer
 

@@ -15,10 +15,7 @@ from .dense import MaterialisedTransition, linear, work_dtype
 @register_candidate(
     "displacement-rank",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 022, Displacement-Rank SSM (Cauchy-like transitions; displacement rank: Kailath, "
-        "Kung & Morf 1979, Thomas et al. 2018); the seed's experiment recorded it as ABANDON"
-    ),
+    reference="Cauchy-like transitions of low displacement rank (Kailath, Kung & Morf 1979; learned in Thomas et al. 2018, Learning compressed transforms with low displacement rank); kept as a recorded negative result",
 )
 class DisplacementRankMixer(MaterialisedTransition):
     """``A_t[i, j] = d_i delta_ij + sum_k G_ik H_jk / (s_i - s_j)`` (i != j): a Cauchy-like matrix of
@@ -85,9 +82,16 @@ class DisplacementRankMixer(MaterialisedTransition):
         scale = (1 - d) * torch.sigmoid(self.gamma.to(x.dtype))[:, None, None] / (K.abs().sum(-1) + self.eps)
         return d, scale[..., None] * G, Hg, scale[..., None] * K
 
+    def construction_flops(self) -> float:
+        """``G H^T`` (``2 alpha N^2``), the Cauchy mask, the row norms and the scaling (``4 N^2``)."""
+        return (2 * self.alpha + 4) * self.d_state**2
+
     def transitions(self, x: Tensor) -> Tensor:
+        """``diag(d) + K``: the Cauchy kernel is zero on the diagonal, so ``d`` is written onto ``K``'s
+        diagonal in place (no dense ``diag_embed`` and sum, two passes over every ``A_t`` fewer)."""
         d, _, _, K = self.factors(x.to(work_dtype(x)))
-        return torch.diag_embed(d) + K
+        K.diagonal(dim1=-2, dim2=-1).add_(d)
+        return K
 
     def apply_step(self, x_t: Tensor, h: Tensor) -> Tensor:
         xw = x_t.to(work_dtype(x_t))

@@ -50,7 +50,7 @@ PROJECTIONS = ("dense", "circulant")
 @register_candidate(
     "circulant-favor+",
     groups=("attention",),
-    reference="seed proposal 029: circulant FAVOR+ (circulant x random-sign projection by FFT)",
+    reference="FAVOR+ (Choromanski et al. 2021) with a circulant x random-sign projection applied by FFT instead of a dense orthogonal one (structured random features, Yu et al. 2016)",
     projection="circulant",
 )
 class FavorAttention(Mixer):
@@ -99,14 +99,14 @@ class FavorAttention(Mixer):
         phi_k = favor_features(wk, qks[1], self.key_bound.to(cd))
         return phi_q, phi_k, torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
 
-    def _readout(self, o: Tensor, dtype: torch.dtype) -> Tensor:
+    def _normalised(self, o: Tensor, x: Tensor) -> Tensor:
         num, den = o[..., :-1], o[..., -1:]
-        return self.out((num / den.clamp_min(torch.finfo(den.dtype).tiny)).flatten(-2).to(dtype))
+        return self.readout((num / den.clamp_min(torch.finfo(den.dtype).tiny)).flatten(-2).to(x.dtype), x)
 
     def forward(self, x: Tensor) -> Tensor:
         phi_q, phi_k, v = self._features(x)
         o, _ = linear_attention(phi_q, phi_k, v, impl="chunk", chunk_size=self.chunk_size)
-        return self._readout(o, x.dtype)
+        return self._normalised(o, x)
 
     def init_state(self, batch, device=None, dtype=None):
         """``[B, H, m, d + 1]``: the feature-space KV sum and, in the last column, the normaliser."""
@@ -116,4 +116,4 @@ class FavorAttention(Mixer):
     def step(self, x_t: Tensor, state: Tensor):
         phi_q, phi_k, v = self._features(x_t[:, None])
         o, state = linear_attention(phi_q, phi_k, v, initial_state=state, impl="recurrent")
-        return self._readout(o, x_t.dtype)[:, 0], state
+        return self._normalised(o, x_t[:, None])[:, 0], state

@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 
 import torch
-from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
-from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.monomial import block_diag_apply, gs_monomial, permute_rows, stride_permutation
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 
 from ._transition import TransitionMixer
 from .dense import linear
@@ -63,10 +65,7 @@ def sinkhorn_reference(logits: Tensor, n_iter: int, row_dim: int = -2, col_dim: 
 @register_candidate(
     "gs-monomial",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 016, Group-and-Shuffle monomial SSM (GS matrices: Gorbunov et al. 2024); "
-        "A_t = L_t P_shuffle R_t with block-monomial L_t, R_t"
-    ),
+    reference="Group-and-Shuffle matrices (Gorbunov et al. 2024) as transitions: A_t = L_t P_shuffle R_t with block-monomial L_t, R_t, closed under products",
 )
 class GSMonomialMixer(TransitionMixer):
     """``A_t = L_t P R_t``: ``L_t, R_t`` block-diagonal with monomial ``b x b`` blocks ``pi D``, ``P`` the
@@ -179,12 +178,23 @@ class GSMonomialMixer(TransitionMixer):
             out = out.permute(1, 2, 3, 0)
         return out.permute(3, 0, 1, 2).reshape(*lead, H, N, N)
 
+    def algebra_cost(self) -> TokenCost:
+        """Scoring all ``b!`` block permutations (``2 b^2 b!`` per block, L and R), the O(N) composition;
+        backward: Sinkhorn's ``~8`` passes per iteration over ``2 r b^2`` logits and the dense ``N^2``
+        surrogate. The scan is a real PD scan with the STE's dense ``dL/dP``."""
+        N, b, r = self.d_state, self.block_size, self.n_blocks
+        perms = len(self.perms)
+        build = compute(
+            2 * r * (2 * b * b * perms) + 10 * N, 2 * r * b * b * 8 * self.sinkhorn_iters + 2 * N * N
+        )
+        return self.n_heads * (build + pd_ops.token_cost(N, self.head_dim, complex_state=False, ste=True))
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft = self.transition(x)
         o, _ = perm_diag_scan(q, k, v, idx, D, impl="scan", chunk_size=self.chunk_size, P_ste=P_soft)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        idx, D, _ = self.transition(x_t)
-        h = pd_apply((idx, D.to(state.dtype)), state) + k[..., :, None] * v[..., None, :]
+        idx, D, P_soft = self.transition(x_t)
+        h = pd_step(idx, D.to(state.dtype), state, P_soft) + k[..., :, None] * v[..., None, :]
         return (h * q[..., None]).sum(-2), h

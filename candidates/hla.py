@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.hla import hla_second_order
 from torch import Tensor, nn
 
 from harness import Mixer, register_candidate
+from harness.kernels.hla import hla_second_order
 
 
 @register_candidate(
     "hla",
     groups=("attention",),
-    reference="Zhang, Qin & Gu 2025, Higher-order Linear Attention (masked 2nd order, normalised); trick 222",
+    reference="Zhang, Qin & Gu 2025, Higher-order Linear Attention (masked second order, normalised)",
 )
 class HigherOrderLinearAttention(Mixer):
     def __init__(self, d_model: int, n_heads: int = 4, chunk_size: int = 64) -> None:
@@ -48,14 +48,14 @@ class HigherOrderLinearAttention(Mixer):
         q, k, v = self.qkv(x).to(cd).unflatten(-1, (3, self.n_heads, self.head_dim)).unbind(-3)
         return F.elu(q) + 1.0, F.elu(k) + 1.0, torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
 
-    def _readout(self, o: Tensor, dtype: torch.dtype) -> Tensor:
+    def _normalised(self, o: Tensor, x: Tensor) -> Tensor:
         num, den = o[..., :-1], o[..., -1:]
-        return self.out((num / den.clamp_min(torch.finfo(den.dtype).tiny)).flatten(-2).to(dtype))
+        return self.readout((num / den.clamp_min(torch.finfo(den.dtype).tiny)).flatten(-2).to(x.dtype), x)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._features(x)
         o, _ = hla_second_order(q, k, v, impl="chunk", chunk_size=self.chunk_size)
-        return self._readout(o, x.dtype)
+        return self._normalised(o, x)
 
     def init_state(self, batch, device=None, dtype=None):
         cd = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -66,4 +66,4 @@ class HigherOrderLinearAttention(Mixer):
     def step(self, x_t: Tensor, state):
         q, k, v = self._features(x_t[:, None])
         o, state = hla_second_order(q, k, v, initial_state=state, impl="recurrent")
-        return self._readout(o, x_t.dtype)[:, 0], state
+        return self._normalised(o, x_t[:, None])[:, 0], state

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.linear_attn import linear_attention
 from torch import Tensor, nn
 
 from harness import Mixer, register_candidate
+from harness.kernels.linear_attn import linear_attention
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
@@ -38,14 +38,14 @@ class LinearAttention(Mixer):
         ones = torch.ones_like(v[..., :1])
         return elu_feature_map(q), elu_feature_map(k), torch.cat([v, ones], dim=-1)
 
-    def _readout(self, o: Tensor) -> Tensor:
+    def _normalised(self, o: Tensor, x: Tensor) -> Tensor:
         num, den = o[..., :-1], o[..., -1:]
-        return self.out((num / (den + self.eps)).flatten(-2))
+        return self.readout((num / (den + self.eps)).flatten(-2), x)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self._features(x)
         o, _ = linear_attention(q, k, v, impl="chunk", chunk_size=self.chunk_size)
-        return self._readout(o)
+        return self._normalised(o, x)
 
     def init_state(self, batch, device=None, dtype=None):
         return torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim + 1, device=device, dtype=dtype)
@@ -53,4 +53,4 @@ class LinearAttention(Mixer):
     def step(self, x_t: Tensor, state: Tensor):
         q, k, v = self._features(x_t[:, None])
         o, state = linear_attention(q, k, v, initial_state=state, impl="recurrent")
-        return self._readout(o)[:, 0], state
+        return self._normalised(o, x_t[:, None])[:, 0], state

@@ -78,7 +78,7 @@ class _OscillatorMixer(TransitionMixer):
 @register_candidate(
     "linoss",
     groups=("transitions",),
-    reference="Rusch & Rus 2024, Oscillatory State-Space Models (LinOSS-IM); seed 007 baseline",
+    reference="Rusch & Rus 2024, Oscillatory State-Space Models (LinOSS-IM): second-order oscillators, implicit discretisation",
 )
 class LinOSSMixer(_OscillatorMixer):
     """LinOSS-IM: input-independent oscillators ``a = relu(a_raw) >= 0`` and ``dt = sigmoid(dt_raw)``.
@@ -102,8 +102,7 @@ class LinOSSMixer(_OscillatorMixer):
 @register_candidate(
     "oscgate-ssm",
     groups=("transitions",),
-    reference="seed 007: OscGate-SSM (oscillatory-gated selective SSM), LinOSS-IM with input-dependent "
-    "frequency and damping",
+    reference="LinOSS-IM (Rusch & Rus 2024) made selective: input-dependent frequency and damping",
 )
 class OscGateMixer(_OscillatorMixer):
     """OscGate-SSM (proposal 007): LinOSS-IM blocks with input-dependent frequency and damping.

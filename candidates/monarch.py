@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from harness.kernels.monomial import monarch_apply, monarch_dense, stride_permutation
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels.monomial import monarch_apply, monarch_dense, stride_permutation
 
 from .dense import MaterialisedTransition, linear, work_dtype
 
@@ -23,10 +23,7 @@ def cayley(W: Tensor) -> Tensor:
 @register_candidate(
     "monarch",
     groups=("transitions",),
-    reference=(
-        "Seed proposal 006, Monarch-gated state transition SSM (Monarch matrices: Dao et al. 2022); "
-        "M(x_t) = P^T L(x_t) P R(x_t) with gated Cayley-orthogonal blocks"
-    ),
+    reference="Monarch matrices (Dao et al. 2022) as input-dependent transitions: M(x_t) = P^T L(x_t) P R(x_t) with gated Cayley-orthogonal blocks",
 )
 class MonarchMixer(MaterialisedTransition):
     """``A_t = P^T L_t P R_t``: ``L_t = blockdiag(alpha_{t,i} L_i)``, ``R_t = blockdiag(beta_{t,i} R_i)``.
@@ -76,6 +73,11 @@ class MonarchMixer(MaterialisedTransition):
         """``alpha, beta [B, T, H, r]``."""
         g = torch.sigmoid(linear(x, self.gate_proj)).unflatten(-1, (2, self.n_heads, self.n_blocks))
         return g[..., 0, :, :], g[..., 1, :, :]
+
+    def construction_flops(self) -> float:
+        """Row and column gates on the fixed Monarch matrix: ``2 N^2`` (the per-head ``P^T L P R`` is
+        built once per call, not per token)."""
+        return 2 * self.d_state**2
 
     def transitions(self, x: Tensor) -> Tensor:
         xw = x.to(work_dtype(x))

@@ -1,14 +1,16 @@
-"""PD-SSM: column one-hot x complex diagonal transitions (Terzić et al. 2025, trick 249)."""
+"""PD-SSM: column one-hot x complex diagonal transitions (Terzić et al. 2025)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from harness.kernels.perm_diag_scan import pd_apply, perm_diag_scan
 from torch import Tensor, nn
 
 from harness import register_candidate
+from harness.kernels import perm_diag_scan as pd_ops
+from harness.kernels.cost import TokenCost, compute
+from harness.kernels.perm_diag_scan import pd_step, perm_diag_scan
 
 from ._transition import TransitionMixer
 from .dense import linear
@@ -17,10 +19,7 @@ from .dense import linear
 @register_candidate(
     "pd-ssm",
     groups=("transitions",),
-    reference=(
-        "Terzic et al. 2025 (NeurIPS), Structured Sparse Transition Matrices to Enable State Tracking "
-        "in State-Space Models (PD-SSM); trick 249"
-    ),
+    reference="Terzic et al. 2025 (NeurIPS), Structured Sparse Transition Matrices to Enable State Tracking in State-Space Models (PD-SSM): one-hot column matrix x complex diagonal",
 )
 class PDSSMMixer(TransitionMixer):
     """``A_t = P_t D_t``: ``P_t`` column one-hot (each column a single 1), ``D_t`` complex diagonal.
@@ -86,13 +85,22 @@ class PDSSMMixer(TransitionMixer):
         qc = torch.complex(q, linear(x, self.q_im_proj).unflatten(-1, (H, N)))
         return idx, D, P_soft, qc
 
+    def algebra_cost(self) -> TokenCost:
+        """The paper's parameterisation is dense: ``M_t = sum_k s_k M_k`` (``2 K N^2``) and its column
+        argmax (``N^2``); the straight-through column softmax adds ``~5 N^2`` to the backward. The scan
+        itself is a complex diagonal scan's cost plus the STE's dense ``dL/dP``."""
+        N = self.d_state
+        build = compute(2 * self.dict_size * N * N + N * N, extra_bwd_flops=5 * N * N)
+        return self.n_heads * (build + pd_ops.token_cost(N, self.head_dim, complex_state=True, ste=True))
+
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft, qc = self.transition(x, q)
         o, _ = perm_diag_scan(qc, k, v, idx, D, impl="scan", chunk_size=self.chunk_size, P_ste=P_soft)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):
-        idx, D, _, qc = self.transition(x_t[:, None], q[:, None])
-        h = pd_apply((idx[:, 0], D[:, 0]), state) + (k[..., :, None] * v[..., None, :]).to(state.dtype)
+        idx, D, P_soft, qc = self.transition(x_t[:, None], q[:, None])
+        P_soft = None if P_soft is None else P_soft[:, 0]
+        h = pd_step(idx[:, 0], D[:, 0], state, P_soft) + (k[..., :, None] * v[..., None, :]).to(state.dtype)
         o = (h * qc[:, 0, ..., None]).sum(-2).real
         return o, h

@@ -32,16 +32,16 @@ from __future__ import annotations
 import math
 
 import torch
-from harness.kernels.semiring import empty_state, log_semiring_scan
 from torch import Tensor, nn
 
 from harness import Mixer, register_candidate
+from harness.kernels.semiring import empty_state, log_semiring_scan
 
 
 @register_candidate(
     "log-semiring",
     groups=("semiring",),
-    reference="seed proposal 014: log-semiring (logsumexp, +) SSM scan; online softmax state",
+    reference="A diagonal SSM scanned in the (logsumexp, +) semiring: an online-softmax state (the log-semiring view of attention, e.g. Katharopoulos et al. 2020 / Rabe & Staats 2021's online softmax)",
 )
 class LogSemiringMixer(Mixer):
     def __init__(
@@ -89,7 +89,7 @@ class LogSemiringMixer(Mixer):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v, log_a = self._project(x)
         o, _ = log_semiring_scan(q, k, v, log_a, impl="chunk", chunk_size=self.chunk_size)
-        return self.out(o.flatten(-2))
+        return self.readout(o.flatten(-2), x)
 
     def init_state(self, batch, device=None, dtype=None):
         """``(l [B, H, N], h [B, H, N, P])``; ``l`` is in units of score / tau."""
@@ -98,13 +98,13 @@ class LogSemiringMixer(Mixer):
     def step(self, x_t: Tensor, state):
         q, k, v, log_a = self._project(x_t[:, None])
         o, state = log_semiring_scan(q, k, v, log_a, initial_state=state, impl="recurrent")
-        return self.out(o[:, 0].flatten(-2)), state
+        return self.readout(o[:, 0].flatten(-2), x_t), state
 
 
 @register_candidate(
     "tropical",
     groups=("semiring",),
-    reference="seed proposal 015: tropical (max, +) SSM scan, annealed tau * logsumexp(x / tau)",
+    reference="A diagonal SSM scanned in the tropical (max, +) semiring, annealed from tau * logsumexp(x / tau) to the hard max during training",
 )
 class TropicalMixer(LogSemiringMixer):
     def __init__(

@@ -32,16 +32,16 @@ import math
 
 import torch
 import torch.nn.functional as F
-from harness.kernels.generalized_delta import so_kda
 from torch import Tensor, nn
 
 from harness import Mixer, register_candidate
+from harness.kernels.generalized_delta import so_kda
 
 
 @register_candidate(
     "so-kda",
     groups=("attention",),
-    reference="seed proposal 059: KDA delta rule with HLA second-order key metric (Kimi Delta Attention + trick 222)",
+    reference="Kimi Delta Attention's gated delta rule (Kimi Team 2025) with a second-order key metric from Higher-order Linear Attention (Zhang, Qin & Gu 2025)",
 )
 class SecondOrderKDA(Mixer):
     def __init__(
@@ -81,7 +81,7 @@ class SecondOrderKDA(Mixer):
     def _mix(self, x: Tensor, state, impl: str):
         q, k, g, beta, v = self._project(x)
         o, state = so_kda(q, k, v, beta, g, self.metric_decay, state, impl=impl, chunk_size=self.chunk_size)
-        return self.out(o.flatten(-2)), state
+        return self.readout(o.flatten(-2), x), state
 
     def forward(self, x: Tensor) -> Tensor:
         return self._mix(x, None, "chunk")[0]

@@ -47,7 +47,7 @@ class SoftmaxAttention(Mixer):
         positions = torch.arange(x.shape[1], device=x.device)
         q, k, v = self._qkv(x, positions)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(o.transpose(1, 2).flatten(-2))
+        return self.readout(o.transpose(1, 2).flatten(-2), x)
 
     def init_state(self, batch, device=None, dtype=None):
         empty = torch.zeros(batch, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
@@ -60,4 +60,4 @@ class SoftmaxAttention(Mixer):
         k_cache = torch.cat([k_cache, k], dim=2)
         v_cache = torch.cat([v_cache, v], dim=2)
         o = F.scaled_dot_product_attention(q, k_cache, v_cache)  # the new query sees the whole cache
-        return self.out(o.transpose(1, 2).flatten(-2))[:, 0], (k_cache, v_cache)
+        return self.readout(o.transpose(1, 2).flatten(-2), x_t[:, None])[:, 0], (k_cache, v_cache)

@@ -81,12 +81,11 @@ class SequenceModel(nn.Module):
         return [b.mixer for b in self.blocks]
 
 
-def set_training_progress(model: nn.Module, frac: float) -> None:
-    """Tell modules that anneal with training (e.g. the tropical temperature) how far along we are."""
-    for m in model.modules():
-        hook = getattr(m, "set_training_progress", None)
-        if callable(hook) and m is not model:
-            hook(float(frac))
+def set_training_progress(model: SequenceModel, frac: float) -> None:
+    """Tell every mixer how far along training is (``Mixer.set_training_progress``: the tropical
+    temperature anneals with it)."""
+    for mixer in model.mixers():
+        mixer.set_training_progress(float(frac))
 
 
 @torch.no_grad()

@@ -457,6 +457,56 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+# -- check --------------------------------------------------------------------------------------
+_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.conformance import check_candidate, conforms
+
+    names = list(args.names)
+    if args.group:
+        names += group_members(args.group)
+    if not names:
+        raise CLIError("check needs candidate names or --group G")
+    names = list(dict.fromkeys(names))
+    for n in names:
+        get_candidate(n)
+    dtypes = []
+    for d in split_names(args.dtypes):
+        if d not in _DTYPES:
+            raise CLIError(f"--dtypes: unknown dtype {d!r}; allowed: bf16, fp16 (or bfloat16, float16)")
+        dtypes.append(getattr(torch, _DTYPES[d]))
+    results = {n: check_candidate(n, tuple(dtypes)) for n in names}
+    failed = [n for n, rs in results.items() if not conforms(rs)]
+    if args.format == "json":
+        print(json.dumps({n: [r.as_dict() for r in rs] for n, rs in results.items()}, indent=2))
+    else:
+        rows = []
+        for n, rs in results.items():
+            for r in rs:
+                worst = "-" if r.worst is None else f"{r.worst:.1e}"
+                tol = "-" if r.tolerance is None else f"{r.tolerance:g}"
+                rows.append(
+                    [n, r.check, r.status.upper() if r.status == "fail" else r.status, worst, tol, r.detail]
+                )
+        print(
+            tabulate(
+                rows,
+                headers=["candidate", "check", "status", "worst", "tolerance", "detail"],
+                tablefmt="simple",
+                maxcolwidths=[None, None, None, None, None, 90],
+            )
+        )
+        print(
+            f"\n{len(names) - len(failed)} of {len(names)} candidates conform"
+            + (f"; failing: {', '.join(failed)}" if failed else "")
+        )
+    return 1 if failed else 0
+
+
 # -- parser -------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser, formats: Sequence[str] = lb.FORMATS) -> None:
     p.add_argument("--results-dir", default="results", help="where records live (default ./results)")
@@ -550,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also use records of older candidate/engine code (default: only what compare would reuse)",
             )
             p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("check", help="conformance checks of candidates (built-in or plug-in)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="candidate names")
+    p.add_argument("--group", help="every candidate of this group")
+    p.add_argument("--dtypes", default="bf16,fp16", help="low-precision dtypes to check (default bf16,fp16)")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="one stored record, by run id (or a unique prefix)")
     p.add_argument("run_id", help="a run id (hex) or a unique prefix of one")

@@ -126,9 +126,13 @@ def read_source(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def class_source_hash(cls: type) -> str:
-    """Hash of ``class_sources(cls)``; recomputed when any of those files changes on disk."""
-    return _hash_stamped(_stamp(class_sources(cls)))
+def class_source_hash(cls: type, extra_modules: tuple[str, ...] = ()) -> str:
+    """Hash of ``class_sources(cls)`` plus the closure of ``extra_modules`` (a modifier's module);
+    recomputed when any of those files changes on disk."""
+    files = class_sources(cls)
+    if extra_modules:
+        files = sorted(set(files) | set(source_files(closure(extra_modules))))
+    return _hash_stamped(_stamp(files))
 
 
 def engine_source_hash() -> str:

@@ -62,6 +62,26 @@ class Mixer(nn.Module):
             outs.append(y)
         return torch.stack(outs, dim=1)
 
+    # -- hooks the engine and modifiers use --------------------------------------------------------
+    def readout(self, o: Tensor, x: Tensor) -> Tensor:
+        """The last map of both forms: the mixing's readout ``o [..., d_inner]`` to the output, given
+        the mixer input ``x [..., d_model]`` (the same leading dimensions).
+
+        ``forward`` and ``step`` end with it, so a modifier changes both forms at once without
+        subclassing: the readout gate (``<name>+gate``) sets ``output_gate``, applied here before
+        ``out``, as fla's layers apply their output gate. Default: ``output_gate`` if set, then the
+        candidate's ``out`` projection if it has one.
+        """
+        gate = self._modules.get("output_gate")
+        if gate is not None:
+            o = gate(o, x)
+        out = self._modules.get("out")
+        return o if out is None else out(o)
+
+    def set_training_progress(self, frac: float) -> None:
+        """Called by the trainer before every step with the fraction of the step budget done (in
+        [0, 1]); candidates that anneal (the tropical semiring's temperature) override it."""
+
     def implementations(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """Named implementations of the same map, for numerics and throughput benchmarks.
 

@@ -56,7 +56,8 @@ class CandidateSpec:
     reference: str
     preset: dict[str, Any] = field(default_factory=dict)
     modifier: str | None = None  # set for names built by a modifier, e.g. "gate"
-    base: str | None = None  # the wrapped candidate's name for modifier names
+    base: str | None = None  # the modified candidate's name for modifier names
+    applies: tuple[Callable[[Any], None], ...] = ()  # modifiers' changes to a built mixer, in order
 
     @property
     def hparam_defaults(self) -> dict[str, Any]:
@@ -76,16 +77,20 @@ class CandidateSpec:
         return resolved
 
     def build(self, d_model: int, **overrides: Any):
-        """Instantiate the mixer: ``cls(d_model, **resolved_hparams)``."""
+        """Instantiate the mixer: ``cls(d_model, **resolved_hparams)``, then the modifier's change."""
         hp = self.validate_hparams(overrides)
-        return self.cls(d_model, **hp)
+        mixer = self.cls(d_model, **hp)
+        for apply in self.applies:
+            apply(mixer)
+        return mixer
 
     def source_hash(self) -> str:
         """Hash of the source files the candidate's behaviour depends on (``harness.identity``).
 
         Part of a run's identity: editing a candidate or a kernel it calls invalidates its results.
+        A modifier name adds the modifier's module (and what it imports) to its base's sources.
         """
-        return class_source_hash(self.cls)
+        return class_source_hash(self.cls, tuple(apply.__module__ for apply in self.applies))
 
     @property
     def needs_cuda(self) -> bool:
@@ -105,10 +110,11 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ModifierSpec:
-    """A wrapper that turns any candidate ``X`` into ``X+<name>`` without registering each pair."""
+    """A change that turns any candidate ``X`` into ``X+<name>`` without registering each pair:
+    ``apply(mixer)`` modifies a built mixer through the hooks of the ``Mixer`` contract."""
 
     name: str
-    wrap: Callable[[CandidateSpec], type]  # returns the wrapped class
+    apply: Callable[[Any], None]
     groups: tuple[str, ...]
     reference: str
 
@@ -173,10 +179,10 @@ def register_task(name: str, reference: str = "") -> Callable[[type], type]:
 
 def register_modifier(
     name: str, groups: Iterable[str] = (), reference: str = ""
-) -> Callable[[Callable[[CandidateSpec], type]], Callable[[CandidateSpec], type]]:
-    """Register a modifier: ``wrap(spec) -> class`` builds the class for ``<spec.name>+<name>``."""
+) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register a modifier: ``apply(mixer)`` changes a built mixer into ``<name>+<modifier>``'s."""
 
-    def deco(fn: Callable[[CandidateSpec], type]) -> Callable[[CandidateSpec], type]:
+    def deco(fn: Callable[[Any], None]) -> Callable[[Any], None]:
         _MODIFIERS[name] = ModifierSpec(name, fn, tuple(groups), reference)
         return fn
 
@@ -303,15 +309,15 @@ def get_candidate(name: str) -> CandidateSpec:
             raise RegistryError(suggest(mod_name, _MODIFIERS, "modifier", f"in {name!r}"))
         base = get_candidate(base_name)
         mod = _MODIFIERS[mod_name]
-        cls = mod.wrap(base)
         return CandidateSpec(
             name,
-            cls,
+            base.cls,
             tuple(mod.groups),
             f"{base.reference} + {mod.reference}".strip(" +"),
             dict(base.preset),
             modifier=mod_name,
             base=base.name,
+            applies=(*base.applies, mod.apply),
         )
     raise RegistryError(suggest(name, list(_CANDIDATES), "candidate") + _plugin_note())
 

@@ -1,8 +1,9 @@
 """Tiers fix the backbone and the training protocol; identical for every candidate.
 
 ``smoke`` checks plumbing in seconds (no quality claims). ``quick`` is the CPU default, sized for a
-2-core machine (~10 s per (candidate, task) run for softmax, one seed, one learning rate validated
-once for the whole suite) yet large enough that known separations appear.
+2-core machine yet large enough that the known separations appear: each task sets its step budget
+(2000-3000 steps of batch 32; training stops early once valid reaches ``solve_threshold``), three
+seeds, a grid of three learning rates chosen on valid per (candidate, task).
 
 ``quick`` trains one block (mixer + MLP). One layer is what the state-tracking separations are
 about (Merrill et al. 2024 and Grazzi et al. 2025 state them per layer): with two, a diagonal model

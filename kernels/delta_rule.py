@@ -295,3 +295,11 @@ def delta_product(
         qv.flatten(1, 2), kf, vf, bf, dv, initial_state, impl=impl, chunk_size=chunk_size, solve=solve
     )
     return o.unflatten(1, (T, nh))[:, :, -1], S
+
+
+def token_cost(N: int, P: int, n_householder: int = 1, elem_bytes: int = 4):
+    """Per head and token: each Householder step ``h -= beta k (k^T h - v^T)`` is ``k^T h`` (2 N P), the
+    rank-1 update (3 N P); the readout ``h^T q`` 2 N P. DeltaProduct-n: n steps per token. State ``N P``."""
+    from .cost import recurrence
+
+    return recurrence(n_householder * 5 * N * P + 2 * N * P, N * P, elem_bytes)

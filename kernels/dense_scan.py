@@ -115,6 +115,43 @@ def sweep(
     return E, h
 
 
+def _bmm_add(A: Tensor, x: Tensor, y: Tensor, adjoint: bool) -> Tensor:
+    """``A x + y`` (or ``A^H x + y``) in one ``baddbmm`` over the flattened leading dimensions
+    (the strided level slices flatten to views), instead of a product, a temporary and an add."""
+    lead = x.shape[:-2]
+    A3 = (A.mH if adjoint else A).flatten(0, len(lead) - 1) if len(lead) > 1 else (A.mH if adjoint else A)
+    x3 = x.flatten(0, len(lead) - 1) if len(lead) > 1 else x
+    y3 = y.flatten(0, len(lead) - 1) if len(lead) > 1 else y
+    return torch.baddbmm(y3, A3, x3).view(*lead, *y.shape[-2:])
+
+
+def dense_sweep(prods: list[Tensor], b: Tensor, h0: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    """``sweep`` for dense transitions (``prods[j] [M, nc, C / 2^j, N, N]``) with every ``A x + b`` a
+    single ``baddbmm``: the same values, two fewer passes over the states per level."""
+    L = len(prods) - 1
+    M, nc, C = b.shape[:3]
+    bl = [b]
+    for j in range(L):
+        A, bb = prods[j], bl[-1]
+        if reverse:
+            bl.append(_bmm_add(A[:, :, 0::2], bb[:, :, 1::2], bb[:, :, 0::2], True))
+        else:
+            bl.append(_bmm_add(A[:, :, 1::2], bb[:, :, 0::2], bb[:, :, 1::2], False))
+    E = torch.empty_like(b)
+    top, h = prods[L], h0
+    for c in reversed(range(nc)) if reverse else range(nc):
+        E[:, c, C - 1 if reverse else 0] = h
+        h = _bmm_add(top[:, c, 0], h, bl[L][:, c, 0], reverse)
+    for j in reversed(range(L)):
+        s, s2 = 1 << j, 1 << (j + 1)
+        A, bb = prods[j], bl[j]
+        if reverse:
+            E[:, :, s - 1 :: s2] = _bmm_add(A[:, :, 1::2], E[:, :, s2 - 1 :: s2], bb[:, :, 1::2], True)
+        else:
+            E[:, :, s::s2] = _bmm_add(A[:, :, 0::2], E[:, :, ::s2], bb[:, :, 0::2], False)
+    return E, h
+
+
 # -- dense transitions -------------------------------------------------------------------------
 
 
@@ -127,16 +164,19 @@ def _dense_apply(tr: Trans, x: Tensor, adjoint: bool) -> Tensor:
 
 
 def _dense_forward(A: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
-    """Block products (saved for the backward), ``h_prev [M, T, N, P]`` (state entering each step),
-    ``h_all [M, T, N, P]`` (contiguous: batched products on it need no copy) and ``h_T``."""
+    """Block products (saved for the backward), ``h_prev [M, T, N, P]`` (state entering each step)
+    and ``h_T``."""
     M, T, N, P = b.shape
     C, nc = chunk_layout(T, chunk_size)
     eye = torch.eye(N, dtype=A.dtype, device=A.device)
-    levels = upsweep((to_chunks(A, C, nc, fill=eye),), _dense_compose)
-    E, h_T = sweep(levels, to_chunks(b, C, nc), h0, _dense_apply)
-    h_prev = E.flatten(1, 2)[:, :T]
-    h_all = torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1)
-    return [lv[0] for lv in levels], h_prev, h_all, h_T
+    prods = [lv[0] for lv in upsweep((to_chunks(A, C, nc, fill=eye),), _dense_compose)]
+    E, h_T = dense_sweep(prods, to_chunks(b, C, nc), h0)
+    return prods, E.flatten(1, 2)[:, :T], h_T
+
+
+def _after(h_prev: Tensor, h_T: Tensor) -> Tensor:
+    """``h_t`` (state after step t) from the states entering each step and the last one (a copy)."""
+    return torch.cat([h_prev[:, 1:], h_T[:, None]], dim=1)
 
 
 def _dense_backward(prods: list[Tensor], g: Tensor | None, g_last: Tensor | None, M, T, N, P, C, nc):
@@ -147,7 +187,7 @@ def _dense_backward(prods: list[Tensor], g: Tensor | None, g_last: Tensor | None
     dtype, device = prods[0].dtype, prods[0].device
     w = to_chunks(A.mH @ g, C, nc) if g is not None else prods[0].new_zeros(M, nc, C, N, P)
     init = g_last if g_last is not None else torch.zeros(M, N, P, dtype=dtype, device=device)
-    E, gh0 = sweep([(p,) for p in prods], w, init, _dense_apply, reverse=True)
+    E, gh0 = dense_sweep(prods, w, init, reverse=True)
     G = E.flatten(1, 2)[:, :T]
     if g is not None:
         G = G + g
@@ -160,10 +200,10 @@ class _DenseRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A: Tensor, b: Tensor, h0: Tensor, chunk_size: int):
         M, T, N, P = b.shape
-        prods, h_prev, h_all, h_T = _dense_forward(A, b, h0, chunk_size)
+        prods, h_prev, h_T = _dense_forward(A, b, h0, chunk_size)
         ctx.save_for_backward(*prods, h_prev)
         ctx.shape = (M, T, N, P, *chunk_layout(T, chunk_size))
-        return h_all, h_T
+        return _after(h_prev, h_T), h_T
 
     @staticmethod
     def backward(ctx, g_all: Tensor | None, g_T: Tensor | None):
@@ -183,21 +223,27 @@ class _DenseScan(torch.autograd.Function):
         M, T, N = q.shape
         P = v.shape[-1]
         b = k[..., :, None] * v[..., None, :]
-        prods, h_prev, h_all, h_T = _dense_forward(A, b, h0, chunk_size)
-        o = (q[..., None, :] @ h_all).squeeze(-2)
-        ctx.save_for_backward(q, k, v, *prods, h_prev, h_all)
+        prods, h_prev, h_T = _dense_forward(A, b, h0, chunk_size)
+        o = torch.empty(M, T, P, dtype=h_T.dtype, device=h_T.device)  # o_t = h_t^T q_t, h_t = h_prev[t + 1]
+        o[:, :-1] = (h_prev[:, 1:] * q[:, :-1, :, None]).sum(-2)
+        o[:, -1] = (h_T * q[:, -1, :, None]).sum(-2)
+        ctx.save_for_backward(q, k, v, *prods, h_prev, h_T)
         ctx.shape = (M, T, N, P, *chunk_layout(T, chunk_size))
         return o, h_T
 
     @staticmethod
     def backward(ctx, do: Tensor | None, g_T: Tensor | None):
-        q, k, v, *prods, h_prev, h_all = ctx.saved_tensors
+        q, k, v, *prods, h_prev, h_T = ctx.saved_tensors
         g = None if do is None else q[..., :, None] * do[..., None, :]
         G, gh0 = _dense_backward(prods, g, g_T, *ctx.shape)
         need = ctx.needs_input_grad
-        gq = (h_all @ do[..., None]).squeeze(-1) if need[0] and do is not None else None
+        gq = None
+        if need[0] and do is not None:  # dq_t = h_t do_t
+            gq = torch.empty_like(q)
+            gq[:, :-1] = (h_prev[:, 1:] @ do[:, :-1, :, None]).squeeze(-1)
+            gq[:, -1] = (h_T @ do[:, -1, :, None]).squeeze(-1)
         gk = (G @ v[..., None]).squeeze(-1) if need[1] else None
-        gv = (G.mT @ k[..., None]).squeeze(-1) if need[2] else None
+        gv = (G * k[..., :, None]).sum(-2) if need[2] else None
         gA = G @ h_prev.mH if need[3] else None
         return gq, gk, gv, gA, gh0, None
 
@@ -308,3 +354,11 @@ def dense_scan(
     else:
         raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T
+
+
+def token_cost(N: int, P: int, elem_bytes: int = 4):
+    """Per head and token: ``h = A h + k v^T`` (``2 N^2 P + 2 N P``) and ``h^T q`` (``2 N P``): the
+    ``O(N^2)`` ceiling of the transitions group. State ``N P``."""
+    from .cost import recurrence
+
+    return recurrence(2 * N * N * P + 4 * N * P, N * P, elem_bytes)

@@ -248,3 +248,13 @@ def diag_scan_chunk(
     o = o + (q * fac(b, ph)) @ h_in
     o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)  # [B, T, H, P]
     return o.to(odt), h.to(odt)
+
+
+def token_cost(N: int, P: int, complex_state: bool = False, elem_bytes: int = 4):
+    """Per head and token: ``h = a * h + k v^T`` (3 NP real; complex decay: 6 NP + 1 NP + 2 NP) and
+    the readout ``h^T q`` (2 NP; complex ``Re(q^T h)``: 4 NP). State ``N P`` (complex: 2 N P reals)."""
+    from .cost import recurrence
+
+    if complex_state:
+        return recurrence(9 * N * P + 4 * N * P, 2 * N * P, elem_bytes)
+    return recurrence(5 * N * P, N * P, elem_bytes)

@@ -280,3 +280,14 @@ def circulant_scan_chunk(
     Him = torch.cat([zero, Sim, zero[..., : nb - hi, :]], dim=-2)
     hT = (inv.T @ torch.cat([Hre, Him], dim=-2)).flatten(-3, -2)  # [B, H, N, P]
     return o.to(odt), hT.to(odt)
+
+
+def token_cost(N: int, P: int, n_blocks: int = 1, elem_bytes: int = 4):
+    """Per head and token: FFTs of ``q`` and ``k`` (``2 x 5 b log2 b`` per block of size ``b``), then a
+    diagonal scan over the ``N`` real Fourier channels (``b / 2 + 1`` complex bins: ~``N / 2`` complex
+    decays, ``(9 + 4) (N / 2) P``). State ``N P`` reals, like the real basis."""
+    from .cost import recurrence
+
+    b = N // n_blocks
+    fft = 2 * n_blocks * 5 * b * max(1.0, math.log2(b))
+    return recurrence(fft + 13 * (N / 2) * P, N * P, elem_bytes)

@@ -123,7 +123,7 @@ def check_length_split(task: str, min_len: object, max_len: object, test_lengths
 #: 3-40 and test on 40-256 (``full``); ``quick`` is the scaled-down split for a 2-core CPU.
 LENGTH_SPLIT_TIERS = {
     "smoke": {"config": {"min_len": 3, "max_len": 8, "test_lengths": (16,)}},
-    "quick": {"config": {"min_len": 3, "max_len": 20, "test_lengths": (40, 64)}},
+    "quick": {"config": {"min_len": 3, "max_len": 20, "test_lengths": (40, 64)}, "train": {"steps": 2000}},
     "full": {"config": {"min_len": 3, "max_len": 40, "test_lengths": (64, 128, 256)}},
 }
 

@@ -46,7 +46,7 @@ class AssociativeRecall(Task):
 
     TIERS = {
         "smoke": {"config": {"vocab_size": 12, "seq_len": 16}},
-        "quick": {"config": {"vocab_size": 20, "seq_len": 32}},
+        "quick": {"config": {"vocab_size": 20, "seq_len": 32}, "train": {"steps": 3000}},
         "full": {"config": {"vocab_size": 20, "seq_len": 40}},
     }
 

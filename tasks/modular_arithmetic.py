@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +113,7 @@ class ModularArithmetic(Task):
         "quick": {
             **LENGTH_SPLIT_TIERS["quick"],
             "config": {**LENGTH_SPLIT_TIERS["quick"]["config"], "operators": "+-"},
+            "train": {"steps": 3000},
         },
     }
 

@@ -77,7 +77,7 @@ class MQAR(Task):
 
     TIERS = {
         "smoke": {"config": {"vocab_size": 32, "seq_len": 32, "num_pairs": 4}},
-        "quick": {"config": {"vocab_size": 64, "seq_len": 32, "num_pairs": 8}},
+        "quick": {"config": {"vocab_size": 64, "seq_len": 32, "num_pairs": 8}, "train": {"steps": 3000}},
         "full": {"config": {"vocab_size": 8192, "seq_len": 256, "num_pairs": 16}},
     }
 

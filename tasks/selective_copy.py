@@ -50,7 +50,7 @@ class SelectiveCopy(Task):
 
     TIERS = {
         "smoke": {"config": {"vocab_size": 8, "seq_len": 24, "num_tokens": 4}},
-        "quick": {"config": {"vocab_size": 16, "seq_len": 32, "num_tokens": 8}},
+        "quick": {"config": {"vocab_size": 16, "seq_len": 32, "num_tokens": 8}, "train": {"steps": 3000}},
         "full": {"config": {"vocab_size": 16, "seq_len": 4096, "num_tokens": 16}},
     }
 

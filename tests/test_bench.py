@@ -17,13 +17,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from harness import Mixer, register_candidate
+from harness import Mixer, get_candidate, register_candidate
 from harness import registry as reg
-from harness.bench import common, report
+from harness.bench import common, report, throughput
 from harness.bench.cli import main as bench_main
 from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
 from harness.bench.scans import ScansConfig, run_scans
-from harness.bench import throughput
 from harness.bench.throughput import ThroughputConfig, run_throughput, spread_rounds
 from harness.bench.timing import (
     check_clock,
@@ -495,3 +494,33 @@ def test_cli_throughput_and_unknown_names(tmp_path, capsys):
     assert "unknown candidate 'lineer-attention'" in err and "did you mean 'linear-attention'" in err
     assert bench_main(["numerics", "--group", "transitons", *args]) == 2
     assert "did you mean 'transitions'" in capsys.readouterr().err
+
+
+# -- theoretical cost ---------------------------------------------------------------------------------
+
+
+def test_token_cost_counts_projections_and_declared_algebra():
+    from harness.bench.costs import linear_flops, token_cost
+    from harness.kernels.cost import TokenCost
+
+    diag = get_candidate("diagonal").build(64)
+    dense = get_candidate("dense").build(64)
+    c_diag, c_dense = token_cost(diag), token_cost(dense)
+    assert isinstance(c_diag, TokenCost) and c_diag.fwd_flops > linear_flops(diag)
+    assert c_dense.fwd_flops > c_diag.fwd_flops  # O(N^2 P) scan against O(N P)
+    assert c_dense.fwd_bwd_flops == pytest.approx(3 * c_dense.fwd_flops)
+    # the straight-through estimator's dense gradient makes pd-ssm's backward dearer than 3x forward
+    pd = token_cost(get_candidate("pd-ssm").build(64))
+    assert pd.fwd_bwd_flops > 3 * pd.fwd_flops
+    assert token_cost(get_candidate("softmax").build(64)) is None  # declares nothing: no x flops
+
+
+def test_throughput_reports_x_flops_beside_x_base(tmp_path):
+    cfg = ThroughputConfig(seq_lens=(16,), passes=("fwd", "fwd_bwd"), baseline="diagonal", **TINY)
+    rows = run_throughput(["dense"], cfg, RecordStore(tmp_path))
+    by = {(r["candidate"], r["pass"]): r for r in rows}
+    assert by[("diagonal", "fwd")]["x_flops"] == 1.0
+    assert by[("dense", "fwd")]["x_flops"] > 1.0 and by[("dense", "fwd")]["flops_per_token"] > 0
+    assert by[("dense", "fwd_bwd")]["flops_per_token"] > by[("dense", "fwd")]["flops_per_token"]
+    table = report.throughput_table(rows)
+    assert list(table.columns).index("x flops") == list(table.columns).index("x base") + 1

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from harness.kernels import generalized_delta as gd
 from harness.kernels.delta_rule import delta_rule
 from harness.kernels.feature_maps import (

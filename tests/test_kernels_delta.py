@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from harness.kernels.delta_rule import (
     delta_product,
     delta_rule,

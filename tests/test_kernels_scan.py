@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from harness.kernels.assoc_scan import associative_scan, linear_recurrence_scan
 from harness.kernels.diag_scan import diag_scan, diag_scan_chunk
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from harness.kernels import semiring
 from harness.kernels.semiring import empty_state, log_semiring_scan, max_plus_scan, tropical_scan
 

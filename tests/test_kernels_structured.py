@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from harness.kernels.dense_scan import dense_scan, linear_recurrence_dense
 from harness.kernels.monomial import (
     block_diag_apply,
@@ -16,7 +17,14 @@ from harness.kernels.monomial import (
     permute_rows,
     stride_permutation,
 )
-from harness.kernels.perm_diag_scan import pd_apply, pd_compose, pd_dense, pd_recurrence, perm_diag_scan
+from harness.kernels.perm_diag_scan import (
+    pd_apply,
+    pd_compose,
+    pd_dense,
+    pd_recurrence,
+    pd_step,
+    perm_diag_scan,
+)
 
 
 def _rand(*shape, dtype=torch.float64, scale=1.0, seed=0):
@@ -168,6 +176,35 @@ def test_pd_scan_grads_match_reference(dtype, tol):
         assert _rel(out, ref) < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_pd_step_matches_scan_value_and_straight_through_grad(dtype):
+    """``pd_step`` looped over time is the scan: same states, same gradients (P_ste included)."""
+    B, T, H, N, P = 2, 7, 2, 4, 3
+    real = torch.float64
+    idx = torch.randint(0, N, (B, T, H, N), generator=torch.Generator().manual_seed(2))
+    inputs = [
+        _rand(B, T, H, N, dtype=dtype, scale=0.6, seed=1),  # D
+        _rand(B, T, H, N, P, dtype=real, seed=2),  # b
+        _rand(B, T, H, N, N, dtype=real, seed=3),  # P_ste
+    ]
+    w = _rand(B, T, H, N, P, dtype=dtype, seed=4)
+    grads = []
+    for use_step in (False, True):
+        D, b, Ps = [x.clone().requires_grad_() for x in inputs]
+        if use_step:
+            h, hs = torch.zeros(B, H, N, P, dtype=dtype), []
+            for t in range(T):
+                h = pd_step(idx[:, t], D[:, t], h, Ps[:, t]) + b[:, t]
+                hs.append(h)
+            h_all = torch.stack(hs, 1)
+        else:
+            h_all, _ = pd_recurrence(idx, D, b, impl="scan", chunk_size=4, P_ste=Ps)
+        (h_all * w.conj()).real.sum().backward()
+        grads.append((h_all.detach(), D.grad, b.grad, Ps.grad))
+    for ref, out in zip(*grads):
+        assert _rel(out, ref) < 1e-10
+
+
 def test_pd_gradcheck_real():
     B, T, H, N, P = 1, 9, 1, 4, 2
     idx = torch.randint(0, N, (B, T, H, N), generator=torch.Generator().manual_seed(1))
@@ -261,6 +298,7 @@ def test_materialised_transitions_are_contractions(name):
 @pytest.mark.parametrize("osc", [False, True])
 def test_dplr_woodbury_equals_explicit_cayley(osc):
     import torch.nn.functional as F
+
     from harness.candidates.dense import linear
 
     m = _build("osc-dplr" if osc else "dplr", rank=2)

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+
 from harness.kernels import fused_gate
 from harness.kernels.fused_gate import sigmoid_gate
 
@@ -102,10 +103,10 @@ def test_gated_candidate_uses_triton_path_and_matches_reference():
 
     m = get_candidate("linear-attention+gate").build(32)
     x = torch.randn(2, 12, 32)
-    m.out.impl = "reference"
+    m.output_gate.impl = "reference"
     ref = m(x)
-    m.out.impl = "triton"
+    m.output_gate.impl = "triton"
     y = m(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     y.sum().backward()
-    assert m.out.gate.weight.grad is not None and torch.isfinite(m.out.gate.weight.grad).all()
+    assert m.output_gate.gate.weight.grad is not None and torch.isfinite(m.output_gate.gate.weight.grad).all()

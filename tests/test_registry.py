@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness import Mixer, register_candidate, registry
-from harness.identity import class_sources
+from harness.identity import class_sources, closure, source_files
 
 
 def test_variants_are_names_with_presets():
@@ -53,5 +53,6 @@ def test_source_files_follow_imports_not_the_whole_kernels_folder():
     names = {f.name for f in class_sources(registry.get_candidate("diagonal").cls)}
     assert {"diagonal.py", "_transition.py", "diag_scan.py", "mixer.py"} <= names
     assert "delta_rule.py" not in names and "softmax.py" not in names
-    gated = {f.name for f in class_sources(registry.get_candidate("diagonal+gate").cls)}
-    assert {"readout_gate.py", "fused_gate.py", "diagonal.py", "diag_scan.py"} <= gated
+    gated = registry.get_candidate("diagonal+gate")
+    with_gate = {f.name for f in source_files(closure([a.__module__ for a in gated.applies]))}
+    assert {"readout_gate.py", "fused_gate.py"} <= with_gate and "readout_gate.py" not in names

@@ -9,8 +9,8 @@ import torch
 
 from harness import Mixer, register_candidate, registry
 from harness import sweep as sweep_mod
-from harness.train import resolve
 from harness.results import RecordError, RecordStore, atomic_write_json, run_id_for
+from harness.train import resolve
 
 
 def test_run_id_ignores_key_order_and_changes_with_values():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from harness.kernels import resolvent as rv
 from harness.kernels import scan_algorithms as sa
 from harness.kernels import wy_vs_ssd as wy

@@ -374,3 +374,24 @@ def test_s5_generators_only_uses_two_tokens_and_labels_compose():
     assert len(reached) == len(list(itertools.permutations(range(5))))
     with pytest.raises(ValueError, match="tokens='some'"):
         S5.Config(tokens="some")
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_smaller_symmetric_groups_compose_and_are_generated(n):
+    from harness.tasks.s5 import S5, generators, perms
+
+    task = S5(S5.Config(seq_len=10, test_lengths=(20,), tokens="generators", n_objects=n))
+    assert task.vocab_size == task.n_labels == len(perms(n))
+    b = task.generate(32, torch.Generator().manual_seed(1))
+    for row_in, row_out in zip(b.inputs.tolist(), b.targets.tolist()):
+        state = tuple(range(n))
+        for tok, lab in zip(row_in, row_out):
+            g = perms(n)[tok]
+            state = tuple(g[state[i]] for i in range(n))
+            assert perms(n)[lab] == state
+    reached = {tuple(range(n))}
+    for _ in range(8):
+        reached |= {tuple(g[p[i]] for i in range(n)) for p in reached for g in generators(n)}
+    assert len(reached) == len(perms(n))
+    with pytest.raises(ValueError, match="n_objects=6"):
+        S5.Config(n_objects=6)

@@ -26,12 +26,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.bench import report
 from harness import validate
+from harness.bench import report
 from harness.bench.common import flatten_unique, resolve_candidates
 from harness.registry import RegistryError
 from harness.results import RecordStore
-
 
 _ints = validate.int_list(1, "integers >= 1")
 
@@ -160,9 +159,12 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
         "scans",
         help="one recurrence, many algorithms: dense scans, DPLR resolvent, DeltaNet chunk",
         description=(
-            "Error (vs float64 sequential) and time of: sequential / Hillis-Steele / Blelloch / chunkwise / "
-            "cyclic reduction for dense h_t = A_t h_{t-1} + b_t (seed 026); Woodbury vs truncated Neumann "
-            "for the DPLR resolvent (seed 011); naive WY vs block-SSD for the DeltaNet chunk (seed 002)."
+            "Error (vs float64 sequential) and time of: sequential / Hillis-Steele (1986) / Blelloch (1990) "
+            "/ chunkwise / cyclic reduction (Hockney 1965) for the dense linear recurrence h_t = A_t h_{t-1} "
+            "+ b_t (the parallel-scan view of linear RNNs, Martin & Cundy 2018); the DPLR resolvent by the "
+            "Woodbury identity vs a truncated Neumann series (S4's Cauchy-kernel resolvent, Gu et al. 2022); "
+            "the DeltaNet chunk by the naive WY representation vs the block (SSD-style) form (Yang et al. "
+            "2024, Dao & Gu 2024)."
         ),
     )
     _add_common(p)

@@ -61,6 +61,7 @@ def throughput_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "peak MB": _f(None if r.get("peak_mem_bytes") is None else r["peak_mem_bytes"] / 2**20, ".3g"),
             "exponent": _f(r.get("exponent"), ".2f"),
             "x base": _f(r.get("x_base"), ".3g"),
+            "x flops": _f(r.get("x_flops"), ".3g"),
             "x probe": _f(r.get("x_probe"), ".4g"),
         }
         if cuda:

@@ -70,7 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.bench import common
+from harness.bench import common, costs
 from harness.bench.common import (
     RecordWriter,
     candidate_identity,
@@ -197,6 +197,7 @@ def run_throughput(
         torch.set_num_threads(prev_threads)
     add_exponents(rows)
     add_baseline_ratios(rows, cfg.baseline)
+    add_flop_ratios(rows, cfg.baseline)
     return rows
 
 
@@ -660,3 +661,28 @@ def add_baseline_ratios(rows: list[dict[str, Any]], baseline: str | None) -> Non
         b = base.get((r["pass"], impl, r["dtype"], r["batch"], r["seq_len"], r["d_model"]))
         ok = r.get("status") == "ok" and b is not None and b.get("session") == r.get("session")
         r["x_base"] = r["median_s"] / b["median_s"] if ok and not math.isclose(b["median_s"], 0) else None
+
+
+def add_flop_ratios(rows: list[dict[str, Any]], baseline: str | None) -> None:
+    """``flops_per_token`` / ``state_bytes_per_token`` (theoretical, ``harness.bench.costs``) and
+    ``x_flops``: the row's theoretical FLOPs over the baseline's for the same pass, beside ``x_base``.
+
+    The cost is per token and depends on the candidate and ``d_model`` only, so each candidate is
+    built once at each ``d_model`` (float32, no data) to read it."""
+    cache: dict[tuple[str, int], Any] = {}
+
+    def cost(name: str, d_model: int):
+        if (name, d_model) not in cache:
+            try:
+                cache[(name, d_model)] = costs.token_cost(get_candidate(name).build(d_model))
+            except Exception:  # a candidate that cannot be built has no declared cost
+                cache[(name, d_model)] = None
+        return cache[(name, d_model)]
+
+    for r in rows:
+        c = cost(r["candidate"], r["d_model"])
+        r["flops_per_token"] = None if c is None else c.flops(r["pass"])
+        r["state_bytes_per_token"] = None if c is None else c.bytes(r["pass"])
+        b = cost(baseline, r["d_model"]) if baseline else None
+        ok = c is not None and b is not None and b.flops(r["pass"]) > 0
+        r["x_flops"] = c.flops(r["pass"]) / b.flops(r["pass"]) if ok else None

@@ -20,12 +20,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from harness import get_candidate
 from harness.kernels import linear_attn
 from harness.kernels import resolvent as rv
 from harness.kernels import scan_algorithms as sa
 from harness.kernels import wy_vs_ssd as wy
-
-from harness import get_candidate
 
 pytestmark = pytest.mark.benchmark
 
