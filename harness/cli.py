@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from harness.registry import (
     plugin_errors,
     task_names,
 )
-from harness.results import CorruptRecord, RecordStore
+from harness.results import CorruptRecord, RecordStore, dumps_strict
 from harness.tiers import TIERS
 from harness.validate import UsageError
 
@@ -73,7 +72,10 @@ def parse_sets(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
 
 
 def split_names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
+    """Comma-separated names; commas inside a variant label's brackets (``x[a=1,b=2]``) stay."""
+    from harness.variants import split_top
+
+    return [n.strip() for n in split_top(text or "") if n.strip()]
 
 
 # -- list ---------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             {"entry_point": e.name, "group": e.group, "value": e.value, "error": e.error} for e in broken
         ]
     if args.format == "json":
-        print(json.dumps(data, indent=2, default=str))
+        print(dumps_strict(data, indent=2, default=str))
         return 0
     if "candidates" in data:
         print(
@@ -221,16 +223,18 @@ def _check_run_inputs(
     """The one validation pass over what a run or compare was given, before any run starts; the
     training overrides (checked and normalised)."""
     from harness.train import task_tier
+    from harness.variants import parse_variant
 
     train_sets = validate.check_train_settings(train_sets)
     for task in tasks:
         get_task(task)
         validate.check_task_settings(task, tier, task_sets)
         d_model = task_tier(task, tier, train_sets).d_model
+        d_model_flag = "--train-set" if "d_model" in train_sets else None
         for cand in candidates:
-            validate.check_hparams(
-                cand, hparams, d_model, d_model_flag="--train-set" if "d_model" in train_sets else None
-            )
+            base, label = parse_variant(cand)  # a variant label's values are checked like --set's
+            flag = f"variant {cand}:" if label else "--set"
+            validate.check_hparams(base, {**label, **hparams}, d_model, flag=flag, d_model_flag=d_model_flag)
     return train_sets
 
 
@@ -262,7 +266,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     res = run_sweep(runs, store, force=args.force, progress=not args.quiet)
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
-        print(json.dumps(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
+        print(dumps_strict(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
     return 1 if res.failed else 0
 
 
@@ -311,7 +315,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     store = _store(args, then="; its run is redone")
     validate.check_output_file(args.output)
     device = validate.check_device(args.device)
-    candidates = _compare_candidates(args)
+    candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
     _check_run_inputs(candidates, tasks, args.tier, {}, {}, {})
     n_seeds, lrs = args.seeds, args.lrs
@@ -343,6 +347,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _print_board(args, res.records, candidates, tasks, title)
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
+    _report_hint(args)
     return 1 if res.failed else 0
 
 
@@ -367,7 +372,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     validate.check_output_file(args.output)
     candidates = None
     if args.candidates is not None or args.group:
-        candidates = _compare_candidates(args, "leaderboard")
+        candidates = _swept(args, _compare_candidates(args, "leaderboard"))
+    elif args.sweep:
+        raise CLIError("--sweep needs --group or --candidates (the candidates to sweep)")
     tasks = _tasks_arg(args)
     store = _store(args, write=False, then="; left out of the board (`harness compare` redoes its run)")
     records, bad = store.records("train")
@@ -393,6 +400,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     candidates = candidates or sorted({r["candidate"] for r in records})
     title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
     board = _print_board(args, records, candidates, tasks, title)
+    _report_hint(args)
     missing = [(c, t) for c in board.candidates for t in board.tasks if board.cell(c, t) is None]
     if missing:
         by_cand: dict[str, list[str]] = {}
@@ -409,6 +417,33 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 1 if bad or missing else 0
 
 
+def _swept(args: argparse.Namespace, candidates: list[str]) -> list[str]:
+    """``--sweep key=v1,v2``: each candidate with that hyperparameter as one labelled variant per
+    value (``diagonal[d_state=8]``); the others are said so and run at their defaults."""
+    if not args.sweep:
+        return candidates
+    from harness.variants import expand_sweep, parse_sweep
+
+    names, notes = expand_sweep(
+        candidates, [parse_sweep(s) for s in args.sweep], lambda n: get_candidate(n).hparam_defaults
+    )
+    for note in notes:
+        print(note, file=sys.stderr)
+    return names
+
+
+def _report_hint(args: argparse.Namespace) -> None:
+    """Where the report of these records would go (``harness report`` builds it)."""
+    import shlex
+
+    from harness.report import default_output
+
+    group = f" --group {shlex.quote(args.group)}" if args.group else ""
+    where = "" if args.results_dir == "results" else f" --results-dir {shlex.quote(args.results_dir)}"
+    out = default_output(args.results_dir) / "index.html"
+    print(f"report: `harness report{group} --tier {args.tier}{where}` writes {out}", file=sys.stderr)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     store = _store(args, write=False)
     try:
@@ -419,7 +454,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CommandFailed(
             f"record {e.path.stem} is corrupt (set aside, see above); `harness compare` redoes its run"
         ) from None
-    print(json.dumps(rec, indent=2, default=str))
+    print(dumps_strict(rec, indent=2, default=str))
     return 0
 
 
@@ -482,7 +517,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     results = {n: check_candidate(n, tuple(dtypes)) for n in names}
     failed = [n for n, rs in results.items() if not conforms(rs)]
     if args.format == "json":
-        print(json.dumps({n: [r.as_dict() for r in rs] for n, rs in results.items()}, indent=2))
+        print(dumps_strict({n: [r.as_dict() for r in rs] for n, rs in results.items()}, indent=2))
     else:
         rows = []
         for n, rs in results.items():
@@ -559,6 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--bench", action="store_true", help="add throughput/numerics columns from bench records"
         )
         p.add_argument("--output", help="write the leaderboard to this file instead of stdout")
+        p.add_argument(
+            "--sweep",
+            action="append",
+            metavar="KEY=V1,V2",
+            help="each candidate with hyperparameter KEY as one variant per value, e.g. d_state=4,8,16 "
+            "-> diagonal[d_state=4], ...; repeatable (the product)",
+        )
         _add_common(p)
         if name == "compare":
             p.add_argument(
@@ -634,10 +676,12 @@ def _add_optional_commands(sub) -> None:
     from harness.bench.cli import add_bench_commands
     from harness.gate import add_gate_command
     from harness.history import add_history_commands
+    from harness.report.cli import add_report_command
 
     add_bench_commands(sub)
     add_history_commands(sub)
     add_gate_command(sub)
+    add_report_command(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ FORM_TOLERANCE = 1e-7
 #: bf16 / fp16 against fp32, relative norm
 LOW_PRECISION_TOLERANCE = 0.1
 CAUSAL_AT = 23  # the input position the causality check perturbs
+DEFAULT_DTYPES = (torch.bfloat16, torch.float16)
 CHECK_NAMES = (
     "builds",
     "shapes",
@@ -275,49 +276,51 @@ def _shape_errors(name: str) -> str:
     return "wrong shapes are clear ValueErrors"
 
 
-def check_candidate(
-    name: str, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-) -> list[CheckResult]:
+def _checks(name: str, dtypes: tuple[torch.dtype, ...]) -> dict[str, tuple[Callable[[], Any], float | None]]:
+    """Each check of ``name``: the function and its tolerance, in ``CHECK_NAMES`` order."""
+    return {
+        "builds": (lambda: _builds(name), None),
+        "shapes": (lambda: _shapes(name), None),
+        "causal": (lambda: _causal(name), 1e-10),
+        "forms agree": (lambda: _forms_agree(name), FORM_TOLERANCE),
+        "gradients agree": (lambda: _gradients_agree(name), FORM_TOLERANCE),
+        "low precision": (lambda: _low_precision(name, dtypes), LOW_PRECISION_TOLERANCE),
+        "deterministic": (lambda: _deterministic(name), None),
+        "gradients finite": (lambda: _gradients_finite(name), None),
+        "state measured": (lambda: _state_measured(name), None),
+        "shape errors": (lambda: _shape_errors(name), None),
+    }
+
+
+def run_check(name: str, check: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> CheckResult:
+    """One check of one candidate (the test suite runs them one by one)."""
+    fn, tol = _checks(name, dtypes)[check]
+    try:
+        out = fn()
+        detail, worst = out if isinstance(out, tuple) else (out, None)
+        return CheckResult(check, "pass", detail, worst, tol)
+    except Failed as f:
+        return CheckResult(check, "fail", f.detail, f.worst, tol)
+    except Skipped as s:
+        return CheckResult(check, "skipped", str(s), None, tol)
+    except Exception as e:  # a crash inside a check is a failure of the candidate, said plainly
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return CheckResult(
+            check, "fail", f"raised {type(e).__name__}: {e} (at {where.filename}:{where.lineno})", None, tol
+        )
+
+
+def check_candidate(name: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> list[CheckResult]:
     """Every check on one registered name, in order; after a failed build the rest are skipped."""
     spec = get_candidate(name)
     if spec.needs_cuda and not torch.cuda.is_available():
         return [CheckResult(c, "skipped", "needs CUDA; this machine has none") for c in CHECK_NAMES]
-    checks: list[tuple[str, Callable[[], Any], float | None]] = [
-        ("builds", lambda: _builds(name), None),
-        ("shapes", lambda: _shapes(name), None),
-        ("causal", lambda: _causal(name), 1e-10),
-        ("forms agree", lambda: _forms_agree(name), FORM_TOLERANCE),
-        ("gradients agree", lambda: _gradients_agree(name), FORM_TOLERANCE),
-        ("low precision", lambda: _low_precision(name, dtypes), LOW_PRECISION_TOLERANCE),
-        ("deterministic", lambda: _deterministic(name), None),
-        ("gradients finite", lambda: _gradients_finite(name), None),
-        ("state measured", lambda: _state_measured(name), None),
-        ("shape errors", lambda: _shape_errors(name), None),
-    ]
-    results = []
-    for check, fn, tol in checks:
+    results: list[CheckResult] = []
+    for check in CHECK_NAMES:
         if results and results[0].status == "fail":
             results.append(CheckResult(check, "skipped", "the candidate does not build"))
-            continue
-        try:
-            out = fn()
-            detail, worst = out if isinstance(out, tuple) else (out, None)
-            results.append(CheckResult(check, "pass", detail, worst, tol))
-        except Failed as f:
-            results.append(CheckResult(check, "fail", f.detail, f.worst, tol))
-        except Skipped as s:
-            results.append(CheckResult(check, "skipped", str(s), None, tol))
-        except Exception as e:  # a crash inside a check is a failure of the candidate, said plainly
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            results.append(
-                CheckResult(
-                    check,
-                    "fail",
-                    f"raised {type(e).__name__}: {e} (at {where.filename}:{where.lineno})",
-                    None,
-                    tol,
-                )
-            )
+        else:
+            results.append(run_check(name, check, dtypes))
     return results
 
 

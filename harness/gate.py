@@ -47,7 +47,7 @@ from tabulate import tabulate
 
 from harness import gate_worker as gw
 from harness.environment import REPO_ROOT, environment
-from harness.results import atomic_write_json
+from harness.results import atomic_write_json, dumps_strict
 from harness.worktree import GitError, checkout, pythonpath_env, rev_parse
 
 BASELINE_SCHEMA = 1
@@ -354,7 +354,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def render(result: GateResult, fmt: str = "table", base_label: str = "baseline") -> str:
     if fmt == "json":
-        return json.dumps(result.to_dict(), indent=2)
+        return dumps_strict(result.to_dict(), indent=2)
     tablefmt = "github" if fmt == "markdown" else "simple"
     parts = [result.title, ""]
     if result.quality:

@@ -12,16 +12,17 @@ seeds solved the task, in how many steps (median). Ranks: ``harness.scoring``.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
 from harness.reference import TaskReference, reference_for
+from harness.results import dumps_strict
 from harness.scoring import Cell, cells, column_flags, task_ranks
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
@@ -100,6 +101,9 @@ def _info(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "params": r.get("params_mixer"),
                 "state_bytes": r["state"]["state_bytes"],
                 "state_T": r["state"]["seq_len"],
+                # a KV cache starts empty and grows with T; a recurrent state has its size from the start
+                "state_grows": r["state"].get("state_bytes_initial", r["state"]["state_bytes"])
+                != r["state"]["state_bytes"],
             }
     return rows
 
@@ -328,7 +332,7 @@ def render(board: Board, fmt: str = "table", title: str | None = None) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps(json_rows(board), indent=2, allow_nan=False)
+        return dumps_strict(json_rows(board), indent=2)
     if fmt == "csv":
         return csv_frame(board).to_csv(index=False)
     shown, details = main_frame(board), detail_frame(board)
@@ -360,11 +364,30 @@ def _md_escape(text: str) -> str:
 
 
 def _html(board: Board, shown: pd.DataFrame, details: pd.DataFrame, title: str | None) -> str:
-    body = [f"<h2>{html.escape(title)}</h2>" if title else ""]
+    """A standalone page (no script, no remote file): the tables, the notes, and where the report
+    with figures and provenance comes from. Every value is escaped."""
+    heading = html.escape(title or "mixer-harness leaderboard")
+    body = [f"<h1>{heading}</h1>"]
     body.append(shown.to_html(index=False, border=0, escape=True))
     body.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes(board)) + "</ul>")
+    body.append(
+        "<h2>Chosen learning rate; seeds that solved the task @ median steps to solve; task rank</h2>"
+    )
     body.append(details.to_html(index=False, border=0, escape=True))
-    return "\n".join(body)
+    body.append(
+        "<p>Figures (quality vs speed, extrapolation, recall vs state size, scaling, numerics) and "
+        "provenance: <code>harness report</code>.</p>"
+    )
+    style = (
+        "body{font:14px/1.4 system-ui,sans-serif;margin:24px}table{border-collapse:collapse;font-size:13px}"
+        "th,td{border:1px solid #ddd;padding:3px 7px;text-align:left}th{background:#f4f4f4}"
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>{heading}</title><style>{style}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>"
+    )
 
 
 def csv_frame(board: Board) -> pd.DataFrame:
@@ -399,8 +422,43 @@ def _num(v: Any) -> Any:
     return v
 
 
+#: the JSON Schema of ``json_rows`` (``--format json``), shipped with the package
+SCHEMA_PATH = Path(__file__).with_name("schemas") / "leaderboard.schema.json"
+
+
+def tie_groups(ranks: dict[str, float | None]) -> dict[str, int | None]:
+    """Candidates with equal rank share a tie group; groups are numbered 1, 2, ... from the best
+    (a dense rank). Unranked candidates (``None``) have none."""
+    values = sorted({round(r, 9) for r in ranks.values() if r is not None})
+    index = {v: i + 1 for i, v in enumerate(values)}
+    return {c: (index[round(r, 9)] if r is not None else None) for c, r in ranks.items()}
+
+
+def tied_with(board: Board, task: str, cand: str) -> list[str]:
+    """The finished candidates of ``task`` whose 95 % interval overlaps ``cand``'s: neither is
+    clearly better (``harness.scoring.task_ranks``)."""
+    cell = board.cell(cand, task)
+    if cell is None or not cell.finished:
+        return []
+    out = []
+    for other in board.ordered:
+        o = board.cell(other, task)
+        if other != cand and o is not None and o.finished and not (o.low > cell.high or cell.low > o.high):
+            out.append(other)
+    return out
+
+
+def _interval(mean: float, ci: float) -> tuple[float | None, float | None]:
+    return (None, None) if _isnan(ci) else (_num(mean - ci), _num(mean + ci))
+
+
 def json_rows(board: Board) -> list[dict[str, Any]]:
-    """One object per candidate (``candidate`` key), snake_case keys, no NaN."""
+    """One object per candidate (``candidate`` key), snake_case keys, no NaN: the stable
+    machine-readable leaderboard, documented by ``harness/schemas/leaderboard.schema.json``."""
+    from harness.variants import split_label
+
+    overall_groups = tie_groups(board.overall)
+    task_groups = {t: tie_groups({c: float(r) for c, r in board.ranks[t].items()}) for t in board.tasks}
     out = []
     for cand in board.ordered:
         info = board.info.get(cand, {})
@@ -409,30 +467,50 @@ def json_rows(board: Board) -> list[dict[str, Any]]:
             cell = board.cell(cand, task)
             if cell is None:
                 continue
-            ci = cell.ci
+            ci_low, ci_high = _interval(cell.mean, cell.ci)
+            in_low, in_high = _interval(cell.in_dist_mean, cell.in_dist_ci)
+            steps = cell.median_steps_to_solve
             tasks[task] = {
                 "status": cell.status,
                 "mean": _num(cell.mean),
-                "ci_low": None if _isnan(ci) else cell.mean - ci,
-                "ci_high": None if _isnan(ci) else cell.mean + ci,
+                "ci_low": ci_low,
+                "ci_high": ci_high,
                 "n_seeds": len(cell.seeds),
+                "seeds": list(cell.seeds),
                 "scores": [_num(s) for s in cell.scores],
                 "in_dist_mean": _num(cell.in_dist_mean),
+                "in_dist_ci_low": in_low,
+                "in_dist_ci_high": in_high,
                 "extrapolation_by_length": {k: _num(v) for k, v in cell.by_length.items()},
                 "lr": cell.lr,
                 "lrs_tried": cell.lrs,
+                "selection_seeds": list(cell.selection_seeds),
                 "steps_to_solve": cell.steps_to_solve,
-                "status_counts": cell.status_counts,
+                "n_solved": cell.n_solved,
+                "median_steps_to_solve": steps,
+                "status_counts": dict(sorted(cell.status_counts.items())),
                 "rank": board.ranks[task].get(cand),
+                "tie_group": task_groups[task].get(cand),
+                "tied_with": tied_with(board, task, cand),
             }
+        bench = None
+        if board.extra is not None and cand in board.extra.index:
+            bench = {str(k): _num(float(v)) for k, v in board.extra.loc[cand].items()}
+        overall = board.overall.get(cand)
         out.append(
             {
                 "candidate": cand,
+                "base": split_label(cand)[0],
+                "overrides": split_label(cand)[1],
                 "params": info.get("params"),
                 "state_bytes": info.get("state_bytes"),
-                "rank": _num(board.overall.get(cand)) if board.overall.get(cand) is not None else None,
-                "complete": board.overall.get(cand) is not None,
+                "state_seq_len": info.get("state_T"),
+                "state_grows": info.get("state_grows"),
+                "rank": _num(overall) if overall is not None else None,
+                "tie_group": overall_groups.get(cand),
+                "complete": overall is not None,
                 "cells": board.n_cells(cand),
+                "bench": bench,
                 "tasks": tasks,
             }
         )

@@ -9,6 +9,7 @@ point names a module (importing it registers) or a callable (called with no argu
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -299,10 +300,13 @@ def modifier_names() -> list[str]:
 
 
 def get_candidate(name: str) -> CandidateSpec:
-    """Resolve a candidate name, including ``base+modifier`` names."""
+    """Resolve a candidate name, including ``base+modifier`` names and variant labels
+    (``diagonal[d_state=8]``: ``harness.variants``)."""
     load_plugins()
     if name in _CANDIDATES:
         return _CANDIDATES[name]
+    if name.endswith("]") and "[" in name:
+        return _variant(name)
     if "+" in name:
         base_name, _, mod_name = name.rpartition("+")
         if mod_name not in _MODIFIERS:
@@ -327,6 +331,22 @@ def _plugin_note() -> str:
         return ""
     names = ", ".join(repr(e.name) for e in _PLUGIN_ERRORS)
     return f" (plug-in entry point(s) {names} failed to load: see the warning above)"
+
+
+def _variant(name: str) -> CandidateSpec:
+    """A variant label: its base name's spec with the label's hyperparameters added to the preset."""
+    from harness.variants import parse_variant, variant_name
+
+    base_name, overrides = parse_variant(name)
+    base = get_candidate(base_name)
+    allowed = base.hparam_defaults
+    for key in overrides:
+        if key not in allowed:
+            msg = suggest(key, allowed, "hyperparameter", f"of candidate {base.name!r}")
+            raise RegistryError(f"{msg}; in the variant label {name!r}")
+    return dataclasses.replace(
+        base, name=variant_name(base.name, overrides), preset={**base.preset, **overrides}
+    )
 
 
 def get_task(name: str) -> TaskSpec:

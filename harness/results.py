@@ -13,6 +13,11 @@ parse, has the wrong shape, or its content does not match its name (file name, f
 of its identity) — is *set aside*: renamed to ``<name>.corrupt`` (never deleted), reported by path
 (``CorruptRecord``), and treated as missing, so ``harness compare`` redoes its run.
 ``harness doctor`` checks a whole store.
+
+Every JSON file the harness writes is strict JSON (RFC 8259): a NaN or an infinity, which Python's
+``json`` would write as the bare words ``NaN`` / ``Infinity`` that other parsers reject, is written as
+``null`` (``strict_json``), and the writer refuses anything that is still not JSON. The schema sees a
+record as a reader will: after that conversion.
 """
 
 from __future__ import annotations
@@ -274,12 +279,35 @@ def parse_record(
 
 
 # -- files ------------------------------------------------------------------------------------------
+def strict_json(obj: Any) -> Any:
+    """A copy of ``obj`` that is valid JSON: non-finite floats become ``None`` (JSON ``null``), tuples
+    lists, numpy scalars and arrays Python numbers and lists, dict keys strings. Other objects are
+    left for the encoder (``default=str`` where the caller gives it)."""
+    if isinstance(obj, float):  # numpy.float64 included
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return int(obj) if isinstance(obj, int) and not isinstance(obj, bool) else obj
+    if isinstance(obj, dict):
+        return {k if isinstance(k, str) else str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return strict_json(obj.tolist())
+    return obj
+
+
+def dumps_strict(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``strict_json(obj)`` with ``allow_nan=False``: never a bare NaN."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN and infinity as null) via a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            json.dump(strict_json(obj), f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -324,7 +352,7 @@ class RecordStore:
                 raise RecordError(f"record needs a {key!r} field")
         record = {"schema": RECORD_SCHEMA, **record}
         # the schema sees what a reader will: the record as JSON gives it back
-        parse_record(json.loads(json.dumps(record, default=str)))
+        parse_record(json.loads(dumps_strict(record, default=str)))
         path = self.path_for(record["kind"], record["run_id"])
         if path.is_dir():  # a folder in a record's place: set it aside, then write
             self._corrupt(path, "a folder, not a record file")

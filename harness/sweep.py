@@ -35,6 +35,7 @@ from harness.progress import progress_bar
 from harness.results import RecordStore
 from harness.scoring import choose_rate
 from harness.train import ResolvedRun, RunSpec, execute, resolve, task_tier
+from harness.variants import canonical_name
 
 REUSABLE = ("ok", "diverged")
 SCHEMES = ("first-seed", "grid")
@@ -96,7 +97,7 @@ def plan(
         task_lrs = tuple(float(x) for x in (lrs or tier_cfg.lrs))
         for cand in candidates:
             base = RunSpec(
-                candidate=cand,
+                candidate=canonical_name(cand),
                 task=task,
                 tier=tier,
                 hparams=(hparams or {}).get(cand, {}),

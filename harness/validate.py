@@ -188,8 +188,11 @@ def int_list(minimum: int = 1, what: str = "integers") -> Callable[[str], list[i
 
 
 def name_list(flag: str, text: str | None, allow_empty: bool = False) -> list[str]:
-    """Comma-separated names; a value that names nothing (``','``) is an error unless allowed."""
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    """Comma-separated names (commas inside a variant label's brackets stay: ``x[a=1,b=2]``); a
+    value that names nothing (``','``) is an error unless allowed."""
+    from harness.variants import split_top
+
+    names = [n.strip() for n in split_top(text or "") if n.strip()]
     if not names and text is not None and not allow_empty:
         raise UsageError(f"{flag} {text!r} names nothing; expected comma-separated names")
     return names

@@ -221,6 +221,26 @@ CASES: list[Case] = [
         ["--set decay='high'", "toy-ema", "takes a number"],
         setup="toy",
     ),
+    Case(
+        "variant-label-zero",
+        "compare --candidates 'diagonal[n_heads=0]' --baselines '' --tasks mqar --tier smoke --results-dir {res}",
+        2,
+        ["variant diagonal[n_heads=0]", "could not be built", "closest: 1"],
+    ),
+    Case(
+        "variant-label-unknown",
+        "compare --candidates 'diagonal[nheads=2]' --baselines '' --tasks mqar --tier smoke --results-dir {res}",
+        2,
+        ["unknown hyperparameter 'nheads'", "'n_heads'", "diagonal[nheads=2]"],
+    ),
+    Case(
+        "sweep-bad-value",
+        "compare --candidates diagonal --sweep n_heads=4,3 --baselines '' --tasks mqar --tier smoke "
+        "--results-dir {res}",
+        2,
+        ["variant diagonal[n_heads=3]", "divisible", "closest: 2"],
+    ),
+    Case("sweep-no-values", f"{SMOKE_CMP} --sweep n_heads=", 2, ["--sweep", "lists no values"]),
     # -- task settings (--task-set) ---------------------------------------------------------------
     Case(
         "task-set-unknown",

@@ -175,4 +175,55 @@ def test_markdown_and_html_escape_names():
     board = lb.build_board([rec(name, "t", 0, 1e-3, 0.5, 0.5)], [name], ["t"])
     md = lb.render(board, "markdown")
     assert "<img" not in md and "\\|x" in md
-    assert "<img" not in lb.render(board, "html")
+    page = lb.render(board, "html", title="group <b> — tier quick")
+    assert "<img" not in page and "&lt;img src=x" in page
+    assert page.startswith("<!doctype html>") and "<title>group &lt;b&gt; — tier quick</title>" in page
+    assert "<script" not in page and "http" not in page
+
+
+def _board_for_schema():
+    import pandas as pd
+
+    cfg = {"min_len": 3, "max_len": 20, "test_lengths": [40, 64], "scored": "all"}
+    lengths = {
+        "40": {"token_acc": 0.9, "seq_acc": 0.1, "beyond_token_acc": 0.6, "beyond_seq_acc": 0.1},
+        "64": {"token_acc": 0.8, "seq_acc": 0.0, "beyond_token_acc": 0.4, "beyond_seq_acc": 0.0},
+    }
+    records = []
+    for s, v in enumerate([0.7, 0.8, 0.9]):
+        records.append(rec("a", "t", s, 1e-3, v, v, steps_to_solve=300 if v > 0.8 else None))
+        records.append(rec("b[d_state=8]", "t", s, 1e-3, v, v))
+        records.append(rec("a", "parity", s, 1e-3, 1, 1, lengths=lengths, config=cfg))
+    records.append(rec("a", "t", 0, 1e-2, 0, 0, status="diverged"))
+    records.append(rec("b[d_state=8]", "parity", 0, 1e-3, 0, 0, status="failed"))
+    records.append(rec("c", "t", 0, 1e-3, 0.1, 0.1))
+    extra = pd.DataFrame(
+        {"fwd_bwd_tok_s": [1e5, float("nan")], "time_exponent": [1.0, 2.0], "bf16_err": [1e-3, 2e-3]},
+        index=["a", "c"],
+    )
+    return lb.build_board(records, ["a", "b[d_state=8]", "c"], ["t", "parity"], extra=extra)
+
+
+def test_json_rows_match_the_shipped_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(lb.SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    board = _board_for_schema()
+    text = lb.render(board, "json")
+    rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+    jsonschema.validate(rows, schema)
+    by = {r["candidate"]: r for r in rows}
+    a, b, c = by["a"], by["b[d_state=8]"], by["c"]
+    assert (b["base"], b["overrides"]) == ("b", {"d_state": 8}) and a["overrides"] == {}
+    t = a["tasks"]["t"]
+    assert t["n_seeds"] == 3 and t["ci_low"] < t["mean"] < t["ci_high"] and t["lr"] == 1e-3
+    assert t["status_counts"] == {"diverged": 1, "ok": 3}
+    assert t["tied_with"] == ["b[d_state=8]"] and t["rank"] == 1 and t["tie_group"] == 1
+    assert c["tasks"]["t"]["rank"] == 3 and c["tasks"]["t"]["tie_group"] == 2
+    assert a["tasks"]["parity"]["extrapolation_by_length"] == pytest.approx({"40": 0.6, "64": 0.4})
+    assert b["tasks"]["parity"]["status"] == "failed" and b["tasks"]["parity"]["tied_with"] == []
+    assert a["rank"] == 1.0 and a["tie_group"] == 1 and b["tie_group"] == 2  # b ranks last on parity
+    assert c["rank"] is None and c["tie_group"] is None and c["complete"] is False
+    assert a["bench"] == {"fwd_bwd_tok_s": 1e5, "time_exponent": 1.0, "bf16_err": 1e-3}
+    assert c["bench"]["fwd_bwd_tok_s"] is None and b["bench"] is None
+    assert a["state_bytes"] == 1024 and a["state_seq_len"] == 64 and a["state_grows"] is False

@@ -52,6 +52,8 @@ def test_wheel_contains_every_source_folder_under_harness(tmp_path):
         sub = init.parent.relative_to(ROOT).as_posix()
         assert f"{sub}/__init__.py" in names, f"package {sub} missing from the wheel (pyproject packages)"
     assert "harness/cli.py" in names
+    assert "harness/schemas/leaderboard.schema.json" in names  # the JSON leaderboard's schema
+    assert "harness/report/figures.py" in names
     assert any(n.startswith("harness/report_assets/") and n.endswith(".js") for n in names), "report assets"
     assert not any(n.startswith(("tasks/", "candidates/", "kernels/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

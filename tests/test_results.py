@@ -256,3 +256,50 @@ def test_grid_scheme_runs_every_seed_at_every_rate(installed_plugin, tmp_path):
     cells = _plan(n_seeds=2, lrs=[1e-4, 3e-3], scheme="grid")
     res = sweep_mod.run_sweep(cells, RecordStore(tmp_path), progress=False)
     assert sorted((r["seed"], r["lr"]) for r in res.records) == [(0, 1e-4), (0, 3e-3), (1, 1e-4), (1, 3e-3)]
+
+
+def _strict_load(text: str):
+    def refuse(name: str):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_records_are_strict_json_nan_and_infinity_written_as_null(tmp_path):
+    import numpy as np
+
+    store = RecordStore(tmp_path)
+    identity = {"kind": "numerics", "case": "nan1"}
+    path = store.save(
+        {
+            "kind": "numerics",
+            "run_id": run_id_for(identity),
+            "identity": identity,
+            "result": {
+                "out_rms": float("nan"),
+                "growth": float("inf"),
+                "low": -float("inf"),
+                "np": np.float32("nan"),
+                "np_ok": np.float64(0.5),
+                "ints": np.arange(3),
+                "pair": (1.0, float("nan")),
+            },
+        }
+    )
+    data = _strict_load(path.read_text())
+    assert data["result"] == {
+        "out_rms": None,
+        "growth": None,
+        "low": None,
+        "np": None,
+        "np_ok": 0.5,
+        "ints": [0, 1, 2],
+        "pair": [1.0, None],
+    }
+
+
+def test_bench_json_output_is_strict():
+    from harness.bench import report
+
+    text = report.render(report.throughput_table([]), "json", [{"candidate": "a", "exponent": float("nan")}])
+    assert _strict_load(text) == [{"candidate": "a", "exponent": None}]

@@ -9,7 +9,6 @@ errors in scientific notation, skipped rows with their reason); ``render`` print
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from harness.bench.throughput import METHOD_VERSION as TPUT_VERSION
 from harness.bench.timing import fit_exponent
 from harness.environment import device_name as current_device_name
 from harness.registry import RegistryError, get_candidate
-from harness.results import RecordStore
+from harness.results import RecordStore, dumps_strict
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -168,7 +167,7 @@ def render(df: pd.DataFrame, fmt: str = "table", rows: Sequence[dict[str, Any]] 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     if fmt == "json":
-        return json.dumps(
+        return dumps_strict(
             list(rows) if rows is not None else df.to_dict(orient="records"), indent=1, default=str
         )
     if fmt == "csv":
