@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from typing import Any
 from tabulate import tabulate
 
 from harness import leaderboard as lb
+from harness import validate
 from harness.allocator import tune_allocator
 from harness.registry import (
     RegistryError,
@@ -22,22 +24,30 @@ from harness.registry import (
     group_members,
     groups,
     modifier_names,
+    plugin_errors,
     task_names,
 )
 from harness.results import CorruptRecord, RecordStore, dumps_strict
 from harness.tiers import TIERS
+from harness.validate import UsageError
 
 DEFAULT_BASELINES = "softmax,diagonal"
 
 
-class CLIError(Exception):
+class CLIError(UsageError):
     """A user error: printed as one line, exit code 2."""
+
+
+class CommandFailed(Exception):
+    """Something failed that is not the user's input (a record, a file): one line, exit code 1."""
 
 
 def parse_value(text: str) -> Any:
     """``--set`` values: Python literals (ints, floats, bools, tuples), else the string itself."""
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
+    if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)  # a float the checks can refuse by name
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -46,11 +56,18 @@ def parse_value(text: str) -> Any:
 
 def parse_sets(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
     for item in items or []:
         key, sep, val = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise CLIError(f"{flag} expects key=value, got {item!r}")
-        out[key.strip()] = parse_value(val.strip())
+        if key in out:
+            raise CLIError(
+                f"{flag} {key}=... is given twice ({key}={seen[key]} and {key}={val.strip()}); give it once"
+            )
+        out[key] = parse_value(val.strip())
+        seen[key] = val.strip()
     return out
 
 
@@ -88,6 +105,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         data["modifiers"] = modifier_names()
     if what != "all":
         data = {what: data[what]}
+    broken = plugin_errors()
+    if broken:
+        data["plugin_errors"] = [
+            {"entry_point": e.name, "group": e.group, "value": e.value, "error": e.error} for e in broken
+        ]
     if args.format == "json":
         print(dumps_strict(data, indent=2, default=str))
         return 0
@@ -124,43 +146,53 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- run / compare / leaderboard ----------------------------------------------------------------
-def _store(args: argparse.Namespace) -> RecordStore:
-    return RecordStore(Path(args.results_dir))
+def _store(args: argparse.Namespace, write: bool = True, then: str = "") -> RecordStore:
+    """The record store of ``--results-dir``, checked (``write``: we can create records there); a
+    corrupt record met while reading is reported on stderr the moment it is set aside."""
+    root = validate.check_results_dir(args.results_dir, write=write)
+    if not write and not root.is_dir():
+        raise CLIError(
+            f"--results-dir {args.results_dir}: no such directory; it is where `harness compare` stores records"
+        )
+
+    def report(e: CorruptRecord) -> None:
+        print(f"harness: warning: {e}{then}", file=sys.stderr)
+
+    return RecordStore(root, on_corrupt=report)
 
 
 def _tasks_arg(args: argparse.Namespace) -> list[str]:
-    tasks = split_names(args.tasks) or task_names()
+    tasks = validate.name_list("--tasks", args.tasks) or task_names()
     for t in tasks:
         get_task(t)
     return tasks
 
 
-def _compare_candidates(args: argparse.Namespace) -> list[str]:
-    if args.candidates:
-        names = split_names(args.candidates)
+def _compare_candidates(args: argparse.Namespace, command: str = "compare") -> list[str]:
+    if args.candidates is not None and args.group:
+        raise CLIError(
+            "--group and --candidates both given; give one (--baselines adds names to a group's board)"
+        )
+    if args.candidates is not None:
+        names = validate.name_list("--candidates", args.candidates)
     elif args.group:
         names = group_members(args.group)
     else:
-        raise CLIError("compare needs --group G or --candidates A,B")
-    baselines = split_names(args.baselines)
+        raise CLIError(f"{command} needs --group G or --candidates A,B")
+    baselines = validate.name_list("--baselines", args.baselines, allow_empty=True)
     ordered = list(dict.fromkeys([*baselines, *names]))
     for n in ordered:
         get_candidate(n)
     return ordered
 
 
-def _report_corrupt(bad: list[CorruptRecord]) -> None:
-    for e in bad:
-        print(f"warning: {e}", file=sys.stderr)
-
-
-def _bench_extra(store: RecordStore, candidates: list[str]):
+def _bench_extra(args: argparse.Namespace, candidates: list[str]):
     from harness.bench.report import bench_columns
 
-    return bench_columns(store, candidates)
+    return bench_columns(RecordStore(Path(args.results_dir)), candidates)
 
 
-def _seed_from_snapshot(args: argparse.Namespace, store: RecordStore) -> None:
+def _seed_from_snapshot(args: argparse.Namespace) -> None:
     """Copy the committed snapshot of this machine class into the store (``harness.snapshots``)."""
     if getattr(args, "no_snapshot", False) or getattr(args, "device", "cpu") != "cpu":
         return
@@ -168,7 +200,9 @@ def _seed_from_snapshot(args: argparse.Namespace, store: RecordStore) -> None:
     from harness.snapshots import seed_store, snapshot_path
 
     path = snapshot_path(args.tier, detect("cpu").name)
-    copied = seed_store(store, path)
+    if not path.exists():
+        return
+    copied = seed_store(_store(args), path)
     if copied:
         print(
             f"{copied} records copied from the committed snapshot {path} (this machine class; "
@@ -189,34 +223,81 @@ def _stored_nonconforming(store: RecordStore, candidates: list[str]) -> dict[str
     return out
 
 
-def _print_board(args, records, candidates, tasks, title, nonconforming=None) -> None:
-    extra = _bench_extra(_store(args), candidates) if getattr(args, "bench", False) else None
+def _print_board(args, records, candidates, tasks, title, nonconforming=None) -> lb.Board:
+    extra = _bench_extra(args, candidates) if getattr(args, "bench", False) else None
     if nonconforming is None:
-        nonconforming = _stored_nonconforming(_store(args), candidates)
+        nonconforming = _stored_nonconforming(_store(args, write=False), candidates)
     board = lb.build_board(records, candidates, tasks, extra=extra, nonconforming=nonconforming)
     text = lb.render(board, args.format, title=None if args.format in ("json", "csv") else title)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        out = Path(args.output)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+        except OSError as e:
+            print(text)
+            raise CommandFailed(
+                f"--output {args.output}: could not write the leaderboard ({e.strerror or e}); it is printed above"
+            ) from None
         print(f"leaderboard written to {args.output}", file=sys.stderr)
     else:
         print(text)
+    return board
+
+
+def _check_run_inputs(
+    candidates: list[str],
+    tasks: list[str],
+    tier: str,
+    hparams: dict[str, Any],
+    task_sets: dict[str, Any],
+    train_sets: dict[str, Any],
+) -> dict[str, Any]:
+    """The one validation pass over what a run or compare was given, before any run starts; the
+    training overrides (checked and normalised)."""
+    from harness.train import task_tier
+    from harness.variants import parse_variant
+
+    train_sets = validate.check_train_settings(train_sets)
+    for task in tasks:
+        get_task(task)
+        validate.check_task_settings(task, tier, task_sets)
+        d_model = task_tier(task, tier, train_sets).d_model
+        d_model_flag = "--train-set" if "d_model" in train_sets else None
+        for cand in candidates:
+            base, label = parse_variant(cand)  # a variant label's values are checked like --set's
+            flag = f"variant {cand}:" if label else "--set"
+            validate.check_hparams(base, {**label, **hparams}, d_model, flag=flag, d_model_flag=d_model_flag)
+    return train_sets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.sweep import plan, run_sweep
 
+    store = _store(args, then="; its run is redone")
+    device = validate.check_device(args.device)
+    hparams = parse_sets(args.set, "--set")
+    task_sets = parse_sets(args.task_set, "--task-set")
+    train_sets = _check_run_inputs(
+        [args.candidate],
+        [args.task],
+        args.tier,
+        hparams,
+        task_sets,
+        parse_sets(args.train_set, "--train-set"),
+    )
     runs = plan(
         [args.candidate],
         [args.task],
         args.tier,
         seeds=[args.seed],
         lrs=[args.lr] if args.lr is not None else None,
-        hparams={args.candidate: parse_sets(args.set, "--set")},
-        task_overrides={args.task: parse_sets(args.task_set, "--task-set")},
-        train_overrides=parse_sets(args.train_set, "--train-set"),
-        device=args.device,
+        hparams={args.candidate: hparams},
+        task_overrides={args.task: task_sets},
+        train_overrides=train_sets,
+        device=device,
     )
-    res = run_sweep(runs, _store(args), force=args.force, progress=not args.quiet)
+    res = run_sweep(runs, store, force=args.force, progress=not args.quiet)
     if res.nonconforming:
         return 1
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
@@ -266,10 +347,16 @@ def _summary_line(rec: dict[str, Any]) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.sweep import default_jobs, plan, run_sweep
 
+    store = _store(args, then="; its run is redone")
+    validate.check_output_file(args.output)
+    device = validate.check_device(args.device)
     candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
-    n_seeds, lrs = args.seeds, [float(x) for x in split_names(args.lrs)] or None
+    _check_run_inputs(candidates, tasks, args.tier, {}, {}, {})
+    n_seeds, lrs = args.seeds, args.lrs
     if args.look:
+        if n_seeds not in (None, 1):
+            raise CLIError(f"--look runs one seed; --seeds {n_seeds} contradicts it (drop one of them)")
         n_seeds = 1
         lrs = lrs or [_look_lr(args.tier, tasks)]
     runs = plan(
@@ -278,15 +365,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.tier,
         n_seeds=n_seeds,
         lrs=lrs,
-        device=args.device,
+        device=device,
         scheme=args.lr_search,
     )
-    store = _store(args)
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    if jobs < 1:
-        raise CLIError(f"--jobs must be >= 1, got {jobs}")
-    _seed_from_snapshot(args, store)
+    _seed_from_snapshot(args)
     res = run_sweep(runs, store, force=args.force, progress=not args.quiet, jobs=jobs)
     took = time.perf_counter() - t0
     print(
@@ -322,16 +406,16 @@ def _title(name: str, tier: str, look: bool) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    store = _store(args)
-    _seed_from_snapshot(args, store)
-    records, bad = store.records("train")
-    _report_corrupt(bad)
+    validate.check_output_file(args.output)
+    _seed_from_snapshot(args)
     candidates = None
-    if args.candidates or args.group:
-        candidates = _swept(args, _compare_candidates(args))
+    if args.candidates is not None or args.group:
+        candidates = _swept(args, _compare_candidates(args, "leaderboard"))
     elif args.sweep:
         raise CLIError("--sweep needs --group or --candidates (the candidates to sweep)")
-    tasks = split_names(args.tasks) or None
+    tasks = _tasks_arg(args)
+    store = _store(args, write=False, then="; left out of the board (`harness compare` redoes its run)")
+    records, bad = store.records("train")
     records = lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
     if not args.all_versions:
         from harness.sweep import current_records
@@ -343,15 +427,37 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if not records:
+        if bad:
+            raise CommandFailed(
+                f"no usable {args.tier} records under {store.runs} for that selection ({len(bad)} corrupt, "
+                "set aside above); `harness compare` redoes their runs"
+            )
         raise CLIError(
             f"no stored {args.tier} records under {store.runs} for that selection; run `harness compare` first"
         )
-    tasks = tasks or sorted({r["task"] for r in records})
     candidates = candidates or sorted({r["candidate"] for r in records})
     title = _title(args.group or "leaderboard", args.tier, look=False) + ", from stored records"
-    _print_board(args, records, candidates, tasks, title)
+    board = _print_board(args, records, candidates, tasks, title)
     _report_hint(args)
-    return 1 if bad else 0
+    missing = [
+        (c, t)
+        for c in board.candidates
+        for t in board.tasks
+        if board.cell(c, t) is None and c not in board.nonconforming
+    ]
+    if missing:
+        by_cand: dict[str, list[str]] = {}
+        for c, t in missing:
+            by_cand.setdefault(c, []).append(t)
+        shown = "; ".join(f"{c}: {', '.join(ts)}" for c, ts in list(by_cand.items())[:6])
+        more = "; ..." if len(by_cand) > 6 else ""
+        print(
+            f"harness: incomplete leaderboard: {len(missing)} of {len(board.candidates) * len(board.tasks)} cells "
+            f"have no stored records ({shown}{more}); those candidates get no rank. `harness compare` with the "
+            "same selection fills them; --tasks narrows the board",
+            file=sys.stderr,
+        )
+    return 1 if bad or missing else 0
 
 
 def _swept(args: argparse.Namespace, candidates: list[str]) -> list[str]:
@@ -382,11 +488,15 @@ def _report_hint(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = _store(args, write=False)
     try:
         rec = store.find(args.run_id)
     except KeyError as e:
         raise CLIError(str(e.args[0])) from None
+    except CorruptRecord as e:
+        raise CommandFailed(
+            f"record {e.path.stem} is corrupt (set aside, see above); `harness compare` redoes its run"
+        ) from None
     print(dumps_strict(rec, indent=2, default=str))
     return 0
 
@@ -400,10 +510,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from harness.sweep import current_records
 
     store = _store(args)
-    candidates = _swept(args, _compare_candidates(args)) if (args.group or args.candidates) else None
+    candidates = (
+        _swept(args, _compare_candidates(args, "snapshot"))
+        if (args.group or args.candidates is not None)
+        else None
+    )
     tasks = split_names(args.tasks) or None
-    records, bad = store.records("train")
-    _report_corrupt(bad)
+    records, _ = store.records("train")
     records, _ = current_records(
         lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
     )
@@ -417,6 +530,40 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         f"{len(records)} training records and {len(verdicts)} conformance verdicts merged into {path} ({total} records)"
     )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check every record of a store; set aside (``*.corrupt``) and report what fails."""
+    store = RecordStore(validate.check_results_dir(args.results_dir, write=False))
+    if not store.root.is_dir():
+        raise CLIError(f"--results-dir {args.results_dir}: no such directory")
+    earlier = store.corrupt_files()
+    counts: dict[str, int] = {}
+    good, bad = store.records()
+    for r in good:
+        counts[r["kind"]] = counts.get(r["kind"], 0) + 1
+    by_kind = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    print(f"{store.runs}: {len(good) + len(bad)} record files checked; {len(good)} good ({by_kind})")
+    if bad:
+        print(f"set aside {len(bad)} corrupt record(s); `harness compare` redoes their runs:")
+        for e in bad:
+            print(
+                f"  {e.path}: {e.reason} -> {e.moved_to.name if e.moved_to else 'NOT MOVED: ' + str(e.move_error)}"
+            )
+    if earlier:
+        print(f"{len(earlier)} file(s) set aside earlier (delete them once you have looked):")
+        for path in earlier:
+            print(f"  {path}")
+    stray = store.stray_files()
+    if stray:
+        print(
+            f"{len(stray)} file(s) out of place (temporary files of interrupted writes, or not in a kind folder):"
+        )
+        for path in stray:
+            print(f"  {path}")
+    if not bad and not earlier and not stray:
+        print("the store is healthy")
+    return 1 if bad else 0
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -492,8 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate", required=True)
     p.add_argument("--task", required=True)
     p.add_argument("--tier", default="quick", choices=sorted(TIERS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, help="learning rate (default: the tier's first)")
+    p.add_argument("--seed", type=validate.int_at_least(0), default=0)
+    p.add_argument("--lr", type=validate.learning_rate, help="learning rate (default: the tier's first)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="candidate hyperparameter override")
     p.add_argument("--task-set", action="append", metavar="KEY=VALUE", help="task config override")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="training setting override")
@@ -535,8 +682,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_common(p)
         if name == "compare":
-            p.add_argument("--seeds", type=int, help="number of seeds (default: the tier's, 3 at quick)")
-            p.add_argument("--lrs", help="comma-separated learning rates (default: the tier's grid)")
+            p.add_argument(
+                "--seeds",
+                type=validate.int_at_least(1),
+                help="number of seeds (default: the tier's, 3 at quick)",
+            )
+            p.add_argument(
+                "--lrs",
+                type=validate.number_list(0.0, "learning rates"),
+                help="comma-separated learning rates (default: the tier's grid)",
+            )
             p.add_argument(
                 "--lr-search",
                 default="first-seed",
@@ -554,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--quiet", action="store_true", help="no progress bar")
             p.add_argument(
                 "--jobs",
-                type=int,
+                type=validate.int_at_least(1),
                 default=None,
                 help="runs in parallel (default: one per CPU core; each run uses 1 thread)",
             )
@@ -593,9 +748,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="one stored record, by run id (or a unique prefix)")
-    p.add_argument("run_id")
+    p.add_argument("run_id", help="a run id (hex) or a unique prefix of one")
     p.add_argument("--results-dir", default="results")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "doctor",
+        help="check every stored record; set aside (*.corrupt) and list what fails",
+        description=(
+            "Reads every record under RESULTS_DIR/runs through the record schema. A file that does not "
+            "parse, has the wrong shape or does not match its name is renamed to <name>.corrupt (never "
+            "deleted) and listed; `harness compare` redoes its run. Exit 1 when something was set aside."
+        ),
+    )
+    p.add_argument("--results-dir", default="results")
+    p.set_defaults(func=cmd_doctor)
 
     _add_optional_commands(sub)
     return parser
@@ -615,17 +782,42 @@ def _add_optional_commands(sub) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 ok, 1 something failed (a run, a record, a file), 2 a usage error, 130 interrupted.
+
+    Errors are one line on stderr, never a traceback; an unexpected one (a bug) names its type and
+    asks for ``HARNESS_TRACEBACK=1``, which shows the traceback."""
+    from harness.sweep import WorkerDied
+
     tune_allocator()
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse has printed the usage error (or the help): its code
+            return e.code if isinstance(e.code, int) else 2
         return int(args.func(args) or 0)
-    except (RegistryError, CLIError, ValueError) as e:
+    except (RegistryError, UsageError, ValueError) as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except (CommandFailed, WorkerDied) as e:
+        print(f"harness: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"harness: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("harness: interrupted; finished runs are stored and will be reused", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("HARNESS_TRACEBACK"):
+            raise
+        print(
+            f"harness: internal error: {type(e).__name__}: {e} (a bug: please report it; HARNESS_TRACEBACK=1 "
+            "shows where)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

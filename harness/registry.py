@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -31,17 +32,19 @@ class RegistryError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def suggest(name: str, choices: Iterable[str], what: str) -> str:
-    """An error message for an unknown ``name`` that lists the closest known names."""
+def suggest(name: str, choices: Iterable[str], what: str, owner: str = "") -> str:
+    """An error message for an unknown ``name`` that lists the closest known names; ``owner``
+    (e.g. "of candidate 'softmax'") follows ``what``: "unknown hyperparameter 'x' of candidate ..."."""
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=4, cutoff=0.5)
     if not close:
         close = [c for c in choices if name.lower() in c.lower() or c.lower() in name.lower()][:4]
-    msg = f"unknown {what} {name!r}"
+    of = f" {owner}" if owner else ""
+    msg = f"unknown {what} {name!r}{of}"
     if close:
         msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
     shown = ", ".join(choices[:40]) + (", ..." if len(choices) > 40 else "")
-    return msg + f" (known {what}s: {shown})"
+    return msg + f" (known {what}s{of}: {shown or 'none'})"
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class CandidateSpec:
         allowed = self.hparam_defaults
         for key in overrides:
             if key not in allowed:
-                raise RegistryError(suggest(key, allowed, f"hyperparameter of candidate {self.name!r}"))
+                raise RegistryError(suggest(key, allowed, "hyperparameter", f"of candidate {self.name!r}"))
         resolved = dict(allowed)
         resolved.update(overrides)
         return resolved
@@ -150,7 +153,7 @@ def register_candidate(
         defaults = constructor_defaults(cls)
         for key in preset:
             if key not in defaults:
-                raise RegistryError(suggest(key, defaults, f"hyperparameter of {cls.__name__}"))
+                raise RegistryError(suggest(key, defaults, "hyperparameter", f"of {cls.__name__}"))
         base, plus, suffix = name.rpartition("+")
         if plus and base and suffix in _MODIFIERS:
             raise RegistryError(f"candidate name {name!r} ends in '+{suffix}', which names a modifier")
@@ -210,11 +213,49 @@ def qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+@dataclass(frozen=True)
+class PluginError:
+    """An entry point that failed to load: which one, and the error in one line."""
+
+    group: str
+    name: str
+    value: str
+    error: str
+
+    def __str__(self) -> str:
+        return (
+            f"plug-in entry point {self.name!r} ({self.group}: {self.value}) failed to load: {self.error}; "
+            "its candidates and tasks are unavailable, everything else works"
+        )
+
+
+_PLUGIN_ERRORS: list[PluginError] = []
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _load_entry_points(group: str) -> None:
+    """Load every entry point of ``group``; one that raises is reported once (stderr and
+    ``plugin_errors()``) and skipped, so one broken package does not take the others down."""
     for ep in metadata.entry_points(group=group):
-        obj = ep.load()
-        if callable(obj) and not inspect.ismodule(obj) and not inspect.isclass(obj):
-            obj()
+        try:
+            obj = ep.load()
+            if callable(obj) and not inspect.ismodule(obj) and not inspect.isclass(obj):
+                obj()
+        except (Exception, SystemExit) as e:  # a plug-in's own bug, whatever it is
+            err = PluginError(group, ep.name, ep.value, _one_line(e))
+            if err not in _PLUGIN_ERRORS:
+                _PLUGIN_ERRORS.append(err)
+                print(f"harness: warning: {err}", file=sys.stderr)
+
+
+def plugin_errors() -> list[PluginError]:
+    """Entry points that failed to load in this process."""
+    load_plugins()
+    return list(_PLUGIN_ERRORS)
 
 
 def load_plugins() -> None:
@@ -233,6 +274,7 @@ def reload_plugins() -> None:
     """Look for entry points again (e.g. after installing a plugin package in this process)."""
     global _LOADED
     _LOADED = False
+    _PLUGIN_ERRORS.clear()
     load_plugins()
 
 
@@ -268,7 +310,7 @@ def get_candidate(name: str) -> CandidateSpec:
     if "+" in name:
         base_name, _, mod_name = name.rpartition("+")
         if mod_name not in _MODIFIERS:
-            raise RegistryError(suggest(mod_name, _MODIFIERS, f"modifier (in {name!r})"))
+            raise RegistryError(suggest(mod_name, _MODIFIERS, "modifier", f"in {name!r}"))
         base = get_candidate(base_name)
         mod = _MODIFIERS[mod_name]
         return CandidateSpec(
@@ -281,7 +323,14 @@ def get_candidate(name: str) -> CandidateSpec:
             base=base.name,
             applies=(*base.applies, mod.apply),
         )
-    raise RegistryError(suggest(name, list(_CANDIDATES), "candidate"))
+    raise RegistryError(suggest(name, list(_CANDIDATES), "candidate") + _plugin_note())
+
+
+def _plugin_note() -> str:
+    if not _PLUGIN_ERRORS:
+        return ""
+    names = ", ".join(repr(e.name) for e in _PLUGIN_ERRORS)
+    return f" (plug-in entry point(s) {names} failed to load: see the warning above)"
 
 
 def _variant(name: str) -> CandidateSpec:
@@ -293,7 +342,7 @@ def _variant(name: str) -> CandidateSpec:
     allowed = base.hparam_defaults
     for key in overrides:
         if key not in allowed:
-            msg = suggest(key, allowed, f"hyperparameter of candidate {base.name!r}")
+            msg = suggest(key, allowed, "hyperparameter", f"of candidate {base.name!r}")
             raise RegistryError(f"{msg}; in the variant label {name!r}")
     return dataclasses.replace(
         base, name=variant_name(base.name, overrides), preset={**base.preset, **overrides}
@@ -303,7 +352,7 @@ def _variant(name: str) -> CandidateSpec:
 def get_task(name: str) -> TaskSpec:
     load_plugins()
     if name not in _TASKS:
-        raise RegistryError(suggest(name, _TASKS, "task"))
+        raise RegistryError(suggest(name, _TASKS, "task") + _plugin_note())
     return _TASKS[name]
 
 

@@ -27,11 +27,11 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tqdm import tqdm
-
+from harness.progress import progress_bar
 from harness.results import RecordStore
 from harness.scoring import choose_rate
 from harness.train import ResolvedRun, RunSpec, execute, resolve, task_tier
@@ -155,17 +155,40 @@ def default_jobs() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended abruptly (a crash in native code, or killed), taking its runs with it."""
+
+    def __init__(self, specs: list[RunSpec]) -> None:
+        self.specs = specs
+        names = sorted({f"{s.candidate} on {s.task}" for s in specs})
+        super().__init__(
+            "a worker process died abruptly (a crash in native code such as a segfault, or killed, e.g. for "
+            f"memory) while running {', '.join(names)}; runs finished before it are stored"
+        )
+
+
 def _die_with_parent() -> None:
     """Worker initializer: on Linux, ask for SIGTERM when the sweep's process dies, so a killed
-    sweep leaves no orphan trainers behind (their unfinished runs would be lost anyway)."""
+    sweep leaves no orphan trainers behind (their unfinished runs would be lost anyway). Ctrl-C is
+    the driver's to handle (it stops the workers), so a worker prints nothing of its own."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         try:
             ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and terminate the workers (their runs are lost, not recorded)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
 
 
 def _execute_spec(spec: RunSpec) -> dict[str, Any]:
@@ -243,15 +266,24 @@ def _run_all(queue: _Queue, jobs: int, on_record) -> Iterator[dict[str, Any]]:
         return
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
-        pending: set[Future] = set()
-        while len(queue) or pending:
-            while len(queue) and len(pending) < jobs:
-                pending.add(pool.submit(_execute_spec, queue.pop().spec))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                record = fut.result()
-                on_record(record)
-                yield record
+        pending: dict[Future, RunSpec] = {}
+        try:
+            while len(queue) or pending:
+                while len(queue) and len(pending) < jobs:
+                    spec = queue.pop().spec
+                    pending[pool.submit(_execute_spec, spec)] = spec
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: f.exception() is not None):  # results first
+                    spec = pending.pop(fut)
+                    try:
+                        record = fut.result()
+                    except BrokenProcessPool:
+                        raise WorkerDied([spec, *pending.values()]) from None
+                    on_record(record)
+                    yield record
+        except BaseException:  # interrupted, a worker died, or a record could not be written
+            _stop_workers(pool)
+            raise
 
 
 def gate_conformance(
@@ -312,13 +344,8 @@ def run_sweep(
     offer(tracker.selection)
     if progress and result.reused:
         print(f"{result.reused} of {total} runs reused from {store.runs}", file=sys.stderr)
-    bar = tqdm(
-        total=max(total - result.reused, 0),
-        desc="runs",
-        unit="run",
-        disable=not progress or not len(queue),
-        file=sys.stderr,
-        dynamic_ncols=True,
+    bar = progress_bar(
+        max(total - result.reused, 0), "runs", enabled=progress and bool(len(queue)), unit="run"
     )
 
     def on_record(record: dict[str, Any]) -> None:
@@ -329,19 +356,24 @@ def run_sweep(
             bar.total = max(bar.total - (result.reused - before), bar.n)
             bar.refresh()
 
-    for record in _run_all(queue, jobs, on_record):
-        bar.update(1)
-        bar.set_postfix_str(f"last: {record['candidate']} / {record['task']} / seed {record['seed']}")
-        result.records.append(record)
-        result.ran += 1
-        if record["status"] == "failed":
-            result.failed.append(record)
-            tqdm.write(
-                f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
+    try:
+        for record in _run_all(queue, jobs, on_record):
+            bar.set_postfix_str(
+                f"last: {record['candidate']} / {record['task']} / seed {record['seed']}", False
             )
-        elif record["status"] == "diverged":
-            tqdm.write(
-                f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})", file=sys.stderr
-            )
-    bar.close()
+            bar.update(1)
+            result.records.append(record)
+            result.ran += 1
+            if record["status"] == "failed":
+                result.failed.append(record)
+                bar.write(
+                    f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
+                )
+            elif record["status"] == "diverged":
+                bar.write(
+                    f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})",
+                    file=sys.stderr,
+                )
+    finally:  # the bar is done before anyone reports an interruption: nothing is drawn after it
+        bar.close()
     return result

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from harness.cli import main, parse_value
+from harness.results import run_id_for
 
 
 def run(capsys, *argv):
@@ -54,7 +55,7 @@ def test_unknown_hyperparameter_is_an_error(capsys):
         capsys, "run", "--candidate", "softmax", "--task", "mqar", "--tier", "smoke", "--set", "n_head=2"
     )
     assert rc == 2
-    assert "unknown hyperparameter of candidate 'softmax' 'n_head'" in err and "'n_heads'" in err
+    assert "unknown hyperparameter 'n_head' of candidate 'softmax'" in err and "'n_heads'" in err
 
 
 def test_unknown_task_field_and_bad_set_syntax(capsys):
@@ -149,10 +150,10 @@ def test_leaderboard_leaves_out_records_of_older_code(installed_plugin, capsys, 
     common = toy_compare(capsys, tmp_path)
     path = next((tmp_path / "runs" / "train").glob("*.json"))
     stale = json.loads(path.read_text())
-    stale["run_id"] = "0ld"
     stale["identity"]["candidate_source"] = "older"
+    stale["run_id"] = run_id_for(stale["identity"])
     stale["test"]["token_acc"] = 0.0
-    (path.parent / "0ld.json").write_text(json.dumps(stale))
+    (path.parent / f"{stale['run_id']}.json").write_text(json.dumps(stale))
     rc, out, err = run(capsys, "leaderboard", *common, "--format", "json")
     assert rc == 0 and "1 stored records of older code" in err
     assert json.loads(out)[0]["tasks"]["toy-last"]["mean"] > 0.0

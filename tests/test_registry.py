@@ -16,7 +16,7 @@ def test_variants_are_names_with_presets():
 
 
 def test_preset_must_be_a_constructor_parameter():
-    with pytest.raises(registry.RegistryError, match="unknown hyperparameter of Bad 'nope'"):
+    with pytest.raises(registry.RegistryError, match="unknown hyperparameter 'nope' of Bad"):
 
         @register_candidate("test-bad-preset", nope=1)
         class Bad(Mixer):

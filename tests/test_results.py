@@ -9,7 +9,7 @@ import torch
 
 from harness import Mixer, register_candidate, registry
 from harness import sweep as sweep_mod
-from harness.results import CorruptRecord, RecordStore, atomic_write_json, run_id_for
+from harness.results import RecordError, RecordStore, atomic_write_json, run_id_for
 from harness.train import resolve
 
 
@@ -34,25 +34,73 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
 
 
-def test_corrupt_record_is_reported_by_path(tmp_path):
+def _record(**identity) -> dict:
+    """A minimal record that fits the schema (a kind the schema only checks in common)."""
+    identity = {"kind": "note", **identity}
+    return {"kind": "note", "run_id": run_id_for(identity), "identity": identity}
+
+
+def test_corrupt_record_is_reported_by_path_and_set_aside(tmp_path):
     store = RecordStore(tmp_path)
-    store.save({"kind": "train", "run_id": "aaaa", "identity": {}})
-    bad = store.path_for("train", "bbbb")
-    bad.write_text('{"kind": "train", "run_id": "bbbb", "ide')
-    good, corrupt = store.records("train")
-    assert [r["run_id"] for r in good] == ["aaaa"]
+    good = _record(n=1)
+    store.save(good)
+    bad = store.path_for("note", "bbbb")
+    bad.write_text('{"kind": "note", "run_id": "bbbb", "ide')
+    records, corrupt = store.records("note")
+    assert [r["run_id"] for r in records] == [good["run_id"]]
     assert len(corrupt) == 1 and corrupt[0].path == bad
-    assert str(bad) in str(corrupt[0])
-    with pytest.raises(CorruptRecord, match="bbbb.json"):
-        store.get("train", "bbbb")
+    assert str(bad) in str(corrupt[0]) and "not valid JSON" in str(corrupt[0])
+    assert not bad.exists() and corrupt[0].moved_to == bad.with_name("bbbb.json.corrupt")
+    assert corrupt[0].moved_to.read_text().startswith('{"kind"')  # set aside, never deleted
+    assert store.get("note", "bbbb") is None  # gone from the store: its run is redone
+
+
+def _train_record(**fields) -> dict:
+    identity = {"kind": "train", "candidate": "a", "task": "t", "tier": "smoke", "seed": 0, "lr": 0.003}
+    rec = {"kind": "train", "run_id": run_id_for(identity), "identity": identity, **identity}
+    return {**rec, "status": "ok", "valid": {"token_acc": 0.5, "seq_acc": 0.0}, **fields}
+
+
+def test_the_writer_and_the_reader_share_one_schema(tmp_path):
+    store = RecordStore(tmp_path)
+    with pytest.raises(RecordError, match="needs 'test' scores"):
+        store.save(_train_record())  # status ok, no test scores: a bug in the writer, refused
+    with pytest.raises(RecordError, match="test.token_acc must be a number"):
+        store.save(_train_record(test={"token_acc": "0.9", "seq_acc": 0.0}))
+    good = _train_record(test={"token_acc": 0.9, "seq_acc": 0.0})
+    path = store.save(good)
+    assert store.get("train", good["run_id"])["test"]["token_acc"] == 0.9
+    # the same file read back with the wrong shape is set aside, not trusted
+    path.write_text(json.dumps({**good, "valid": None}))
+    assert store.get("train", good["run_id"]) is None
+    assert "needs 'valid' scores" in store.set_aside[-1].reason and not path.exists()
+
+
+def test_a_record_whose_content_is_another_runs_is_set_aside(tmp_path):
+    store = RecordStore(tmp_path)
+    mine, other = _record(n=1), _record(n=2)
+    seen = []
+    store.on_corrupt = seen.append
+    store.path_for("note", mine["run_id"]).parent.mkdir(parents=True)
+    store.path_for("note", mine["run_id"]).write_text(json.dumps({**other, "run_id": mine["run_id"]}))
+    assert store.get("note", mine["run_id"]) is None
+    assert len(seen) == 1 and "not the hash of the record's identity" in seen[0].reason
+    store.path_for("note", mine["run_id"]).write_text(json.dumps(other))  # copied under another name
+    assert store.get("note", mine["run_id"]) is None
+    assert "does not match its file name" in seen[1].reason
+    assert seen[1].moved_to.name.endswith(".corrupt.1")  # the first one set aside is kept too
 
 
 def test_find_by_prefix(tmp_path):
     store = RecordStore(tmp_path)
-    store.save({"kind": "train", "run_id": "abc123", "identity": {}})
-    assert store.find("abc")["run_id"] == "abc123"
+    rec = _record(n=2)
+    store.save(rec)
+    assert store.find(rec["run_id"][:5])["run_id"] == rec["run_id"]
     with pytest.raises(KeyError, match="no record"):
-        store.find("zzz")
+        store.find("fff")
+    for bad in ("*", "../../x", "a/b", "zz"):
+        with pytest.raises(KeyError, match="not a run id"):
+            store.find(bad)
 
 
 def _plan(**kw):
@@ -221,11 +269,12 @@ def test_records_are_strict_json_nan_and_infinity_written_as_null(tmp_path):
     import numpy as np
 
     store = RecordStore(tmp_path)
+    identity = {"kind": "numerics", "case": "nan1"}
     path = store.save(
         {
             "kind": "numerics",
-            "run_id": "nan1",
-            "identity": {},
+            "run_id": run_id_for(identity),
+            "identity": identity,
             "result": {
                 "out_rms": float("nan"),
                 "growth": float("inf"),

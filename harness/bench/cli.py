@@ -26,17 +26,13 @@ from typing import Any
 
 import pandas as pd
 
+from harness import validate
 from harness.bench import report
 from harness.bench.common import flatten_unique, resolve_candidates
 from harness.registry import RegistryError
 from harness.results import RecordStore
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in flatten_unique([text])]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+_ints = validate.int_list(1, "integers >= 1")
 
 
 def _floats(text: str) -> list[float]:
@@ -56,8 +52,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--dtypes", type=_names, help="comma-separated: float32,bfloat16,float16,float64 (or fp32, bf16, ...)"
     )
     p.add_argument("--seq-lens", type=_ints, help="comma-separated sequence lengths")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--threads", type=int, help="torch threads (default: 1 on CPU, torch's default on CUDA)")
+    p.add_argument("--batch", type=validate.int_at_least(1))
+    p.add_argument(
+        "--threads",
+        type=validate.int_at_least(1),
+        help="torch threads (default: 1 on CPU, torch's default on CUDA)",
+    )
     p.add_argument("--format", choices=report.FORMATS, default="table")
     p.add_argument("--output", help="write the table to this file instead of stdout")
     p.add_argument("--results-dir", default="results", help="record store root (default ./results)")
@@ -84,7 +84,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         help="candidate name(s), comma-separated; repeatable",
     )
     p.add_argument("--group", help="a registry group, or 'all'")
-    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--d-model", type=validate.int_at_least(1), default=64)
     p.add_argument("--impls", type=_names, help="implementations to run (default: see the command's help)")
 
 
@@ -112,13 +112,17 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     _add_common(p)
     _add_clock(p)
     p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
-    p.add_argument("--time-cap", type=float, help="seconds per call (default 1 on CPU, 10 on CUDA)")
     p.add_argument(
-        "--min-run-time", type=float, help="seconds of timed calls per shape, over all rounds (default 0.3)"
+        "--time-cap", type=validate.positive_number, help="seconds per call (default 1 on CPU, 10 on CUDA)"
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=validate.positive_number,
+        help="seconds of timed calls per shape, over all rounds (default 0.3)",
     )
     p.add_argument(
         "--rounds",
-        type=int,
+        type=validate.int_at_least(1),
         help="timing rounds over the grid, samples pooled per row (default 24 on CPU, 1 on CUDA)",
     )
     p.add_argument(
@@ -136,11 +140,16 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_selection(p)
     _add_common(p)
-    p.add_argument("--stability-len", type=int, default=16384, help="T of the stability check (0: skip)")
+    p.add_argument(
+        "--stability-len",
+        type=validate.int_at_least(0),
+        default=16384,
+        help="T of the stability check (0: skip)",
+    )
     p.add_argument("--stability-dtypes", type=_names, default=["float32"])
     p.add_argument(
         "--time-cap",
-        type=float,
+        type=validate.positive_number,
         default=120.0,
         help="seconds per (candidate, T) before longer T's are skipped",
     )
@@ -162,10 +171,10 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     _add_clock(p)
     p.add_argument("--families", type=_names, help="comma-separated subset of dense,resolvent,deltanet")
     p.add_argument("--state-sizes", type=_ints, help="dense family: state sizes N (default 16,64)")
-    p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--chunk-size", type=validate.int_at_least(1), default=64)
     p.add_argument("--neumann-ks", type=_ints, help="resolvent family: Neumann terms (default 1,2,4,8,16)")
-    p.add_argument("--time-cap", type=float, default=2.0, help="seconds per call")
-    p.add_argument("--min-run-time", type=float, default=0.2)
+    p.add_argument("--time-cap", type=validate.positive_number, default=2.0, help="seconds per call")
+    p.add_argument("--min-run-time", type=validate.positive_number, default=0.2)
     p.set_defaults(func=cmd_scans)
     return bench
 
@@ -174,7 +183,15 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _store(args: argparse.Namespace) -> RecordStore | None:
-    return None if args.no_store else RecordStore(args.results_dir)
+    """The record store (checked before anything is measured), or None with ``--no-store``; the
+    ``--output`` file is checked here too."""
+    validate.check_output_file(args.output)
+    if args.no_store:
+        return None
+    root = validate.check_results_dir(args.results_dir, write=True)
+    return RecordStore(
+        root, on_corrupt=lambda e: print(f"harness: warning: {e}; measured again", file=sys.stderr)
+    )
 
 
 def _selected(args: argparse.Namespace) -> list[str]:
@@ -184,7 +201,13 @@ def _selected(args: argparse.Namespace) -> list[str]:
 
 def _emit(args: argparse.Namespace, text: str) -> None:
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        out = Path(args.output)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text + "\n")
+        except OSError:
+            print(text)  # the measurements are not lost; the error says where it could not go
+            raise
         print(f"written to {args.output}", file=sys.stderr)
     else:
         print(text)

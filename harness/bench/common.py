@@ -114,10 +114,10 @@ class RecordWriter:
 
 
 def progress(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar with ETA on stderr (a no-op object when disabled)."""
-    from tqdm.auto import tqdm
+    """A tqdm bar with ETA on stderr on a terminal, summary lines otherwise (``harness.progress``)."""
+    from harness.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False)
+    return progress_bar(total, desc, enabled=enabled, file=sys.stderr, leave=False)
 
 
 def is_oom(exc: BaseException) -> bool:
