@@ -5,12 +5,14 @@ JSON-line requests (``serve``), once per side of an A/B comparison: the A/B gate
 the *current* tree with the *base* commit's packages first on PYTHONPATH, so it must work with older
 versions of the engine. It therefore uses only the long-standing API — the registry's
 ``get_candidate(name).build(d_model)`` / ``needs_cuda`` and ``harness.train``'s
-``RunSpec`` / ``resolve`` / ``execute`` — and imports no newer helper module (not even
-``harness.bench``'s timers, which an older checkout does not have).
+``RunSpec`` / ``resolve`` / ``execute`` — and imports no newer module of the package; the timing
+module, a leaf, is this tree's, loaded by path.
 
 Speed: a sample of a candidate is (fastest of ``reps`` forward+backward calls) / (fastest of ``reps``
 calls of the reference op), the reference timed just before the candidate in the same process, so
-a machine that is slower or busier for a while scales both. The reference op is a fixed
+a machine that is slower or busier for a while scales both. The calls are timed by
+``harness.timing.fastest`` (thread CPU time with one thread; CUDA events on CUDA) of *this* tree,
+loaded by path, so both sides of an A/B comparison are timed by the same code. The reference op is a fixed
 two-layer GELU MLP (matmuls and elementwise work, like a mixer) at the same ``[B, T, D]``.
 
 Fault injection (for the gate's own tests; never set otherwise):
@@ -22,6 +24,7 @@ Fault injection (for the gate's own tests; never set otherwise):
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -29,10 +32,26 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def _this_tree(module: str):
+    """A leaf module of this file's tree (``harness/<module>.py``), loaded by path: in the A/B form
+    ``harness`` is the base commit's, but both sides must be timed by the same code."""
+    name = f"_gate_this_tree_{module}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{module}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # before running it: dataclasses look their module up
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+timing = _this_tree("timing")
 
 INJECT_SLOWDOWN_ENV = "HARNESS_GATE_INJECT_SLOWDOWN"
 INJECT_LR_SCALE_ENV = "HARNESS_GATE_INJECT_LR_SCALE"
@@ -126,7 +145,8 @@ class SpeedSettings:
     reps: int = 3  # calls per measurement; the fastest counts
     device: str = "cpu"
     threads: int = 1  # CPU threads (single: stable on a shared machine, like training)
-    method: int = 1  # bump when the measurement changes (old baselines are then not comparable)
+    # bump when the measurement changes (old baselines are then not comparable); 2: harness.timing
+    method: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,28 +170,6 @@ def _fwd_bwd(model: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[],
         model(x).backward(g)
 
     return call
-
-
-def _fastest(fn: Callable[[], None], reps: int, device: torch.device) -> float:
-    """The fastest of ``reps`` calls.
-
-    CPU: process CPU time, not wall time: on a shared machine the wall time of a single-threaded
-    call mostly measures how long it waited for a core (5-10 ms calls on a loaded 2-core machine
-    vary 2-4x in wall time, ~10-20 % in CPU time). CUDA: wall time around synchronisations.
-    """
-    best = float("inf")
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t0)
-        else:
-            t0 = time.process_time()
-            fn()
-            best = min(best, time.process_time() - t0)
-    return best
 
 
 @dataclass
@@ -223,8 +221,8 @@ class SpeedSession:
             names = names[k:] + names[:k]
         out = {}
         for name in names:
-            ref = _fastest(self.reference, self.settings.reps, self.device)
-            t = _fastest(self.calls[name], self.settings.reps, self.device)
+            ref = timing.fastest(self.reference, self.device, self.settings.reps, self.settings.threads)
+            t = timing.fastest(self.calls[name], self.device, self.settings.reps, self.settings.threads)
             out[name] = {"ratio": t / ref, "seconds": t, "reference_seconds": ref}
         return out
 

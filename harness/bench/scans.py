@@ -1,7 +1,7 @@
 """The ``scans`` family: one recurrence, many algorithms, error and time side by side.
 
 Three families, each with the sequential (or direct) reference run in float64 on the same rounded
-inputs, and each algorithm timed like the throughput benchmark (``harness.bench.timing``):
+inputs, and each algorithm timed like the throughput benchmark (``harness.timing``):
 
 - ``dense`` (seed 026): ``h_t = A_t h_{t-1} + b_t`` with dense N x N ``A_t`` by sequential,
   Hillis-Steele, Blelloch, chunkwise and cyclic reduction (``harness.kernels.scan_algorithms``).
@@ -44,7 +44,11 @@ from harness.bench.common import (
     short_error,
 )
 from harness.bench.numerics import max_abs, rms_ratio
-from harness.bench.timing import (
+from harness.kernels import resolvent as resolvent_mod
+from harness.kernels import scan_algorithms as scan_mod
+from harness.kernels import wy_vs_ssd as wy_mod
+from harness.results import RecordStore
+from harness.timing import (
     check_clock,
     clock_function,
     default_clock,
@@ -54,12 +58,8 @@ from harness.bench.timing import (
     time_cuda,
     time_once,
 )
-from harness.kernels import resolvent as resolvent_mod
-from harness.kernels import scan_algorithms as scan_mod
-from harness.kernels import wy_vs_ssd as wy_mod
-from harness.results import RecordStore
 
-METHOD_VERSION = 2  # 2: the clock is part of the method
+METHOD_VERSION = 3  # 2: the clock is part of the method; 3: samples by the public Timer API
 FAMILIES = ("dense", "resolvent", "deltanet")
 
 
