@@ -17,7 +17,6 @@ the graphs).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -191,27 +190,3 @@ def detect(device: str = "auto") -> MachineInfo:
         gpu_memory_bytes=mem,
         gpu_count=count,
     )
-
-
-def write_asv_machine_file(path: Path, info: MachineInfo, name: str | None = None) -> dict[str, Any]:
-    """Add (or replace) this machine's entry in an asv machine file (``~/.asv-machine.json`` format).
-
-    Other entries are kept: with several entries asv needs ``-m NAME``, which the harness always
-    passes. Returns the whole file's content.
-    """
-    entry = info.asv_entry()
-    if name:
-        entry["machine"] = name
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"asv machine file {path} is not valid JSON: {e}") from e
-    data[entry["machine"]] = entry
-    data["version"] = 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return data

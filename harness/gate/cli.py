@@ -22,7 +22,7 @@ from harness.gate.baseline import (
 )
 from harness.gate.render import GateResult, render
 from harness.gate.settings import CANDIDATES, TASKS, QualitySettings, SpeedSettings
-from harness.gate.verdicts import Thresholds, judge_sides
+from harness.gate.verdicts import DEFAULTS, Thresholds, judge_sides
 from harness.gate.worker import measure_here
 from harness.results import atomic_write_json
 from harness.worktree import GitError, rev_parse
@@ -148,7 +148,7 @@ def _guarded(fn):
 def add_gate_command(subparsers: Any) -> argparse.ArgumentParser:
     import harness.gate
 
-    t = Thresholds()
+    t = DEFAULTS
     p = subparsers.add_parser(
         "gate",
         help="regression gate: quality and speed vs a committed baseline or a base commit (exit 0/1/2)",

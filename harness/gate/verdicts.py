@@ -42,6 +42,9 @@ class Thresholds:
     tolerance: float = 0.02  # quality: the absolute change of a score that counts
 
 
+DEFAULTS = Thresholds()
+
+
 @dataclass
 class Verdict:
     key: str
@@ -63,7 +66,7 @@ def judge(
     kind: str,
     base: Sequence[float] | float | None,
     new: Sequence[float] | float | None,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULTS,
     *,
     higher_is_better: bool = True,
     error: str | None = None,
@@ -115,7 +118,7 @@ FINISHED = ("ok", "diverged")  # a diverged quality run scores 0: it counts, it 
 
 
 def quality_verdict(
-    key: str, base: dict[str, Any] | None, new: dict[str, Any] | None, thresholds: Thresholds = Thresholds()
+    key: str, base: dict[str, Any] | None, new: dict[str, Any] | None, thresholds: Thresholds = DEFAULTS
 ) -> Verdict:
     """The verdict on one quality run (``worker.quality_run``'s result) against the base's."""
     score = base.get("token_acc") if base and base.get("status") in FINISHED else None
@@ -133,7 +136,7 @@ def judge_sides(
     base_quality: dict[str, dict[str, Any]],
     base_speed: dict[str, list[float]],
     new: Any,
-    thresholds: Thresholds = Thresholds(),
+    thresholds: Thresholds = DEFAULTS,
     base_speed_errors: dict[str, str] | None = None,
 ) -> tuple[list[Verdict], list[Verdict]]:
     """(quality verdicts, speed verdicts) of a new side (a ``worker.Measurement``) against a base."""
