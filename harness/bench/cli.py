@@ -39,13 +39,6 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in flatten_unique([text])]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
-
-
 def _names(text: str) -> list[str]:
     return flatten_unique([text])
 

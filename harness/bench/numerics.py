@@ -49,9 +49,9 @@ from harness.bench.common import (
     is_oom,
     parse_dtype,
     progress,
-    resolve_device,
     short_error,
 )
+from harness.environment import resolve_device
 from harness.registry import get_candidate
 from harness.results import RecordStore
 

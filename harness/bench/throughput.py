@@ -79,10 +79,10 @@ from harness.bench.common import (
     is_oom,
     parse_dtype,
     progress,
-    resolve_device,
     short_error,
 )
 from harness.bench.measure import count_flops, fit_exponent, peak_memory_bytes, peak_tflops
+from harness.environment import resolve_device
 from harness.mixer import state_bytes
 from harness.registry import get_candidate
 from harness.results import RecordStore

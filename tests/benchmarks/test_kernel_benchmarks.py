@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from harness import get_candidate, timing
+from harness.bench.algorithms import resolvent as rv
+from harness.bench.algorithms import scan_algorithms as sa
+from harness.bench.algorithms import wy_vs_ssd as wy
 from harness.kernels import linear_attn
-from harness.kernels import resolvent as rv
-from harness.kernels import scan_algorithms as sa
-from harness.kernels import wy_vs_ssd as wy
 
 pytestmark = pytest.mark.benchmark(timer=timing.benchmark_clock(torch.device("cpu")))
 
