@@ -93,14 +93,15 @@ def judge(
         status = "worse" if gain < -t.tolerance else "better" if gain > t.tolerance else "ok"
         return Verdict(key, kind, bm, nm, change, None, status)
     change = nm / bm if bm else float("inf")
+    grew, shrank = nm > t.factor * bm, bm > t.factor * nm  # (not the ratio: swapping sides mirrors exactly)
     if kind == VALUE:
-        status = "worse" if change > t.factor else "better" if change < 1.0 / t.factor else "ok"
+        status = "worse" if grew else "better" if shrank else "ok"
         return Verdict(key, kind, bm, nm, change, None, status)
     p_slower = float(mannwhitneyu(n, b, alternative="greater").pvalue)
     p_faster = float(mannwhitneyu(n, b, alternative="less").pvalue)
-    if change > t.factor and p_slower < t.alpha:
+    if grew and p_slower < t.alpha:
         return Verdict(key, kind, bm, nm, change, p_slower, "slower")
-    if change < 1.0 / t.factor and p_faster < t.alpha:
+    if shrank and p_faster < t.alpha:
         return Verdict(key, kind, bm, nm, change, p_faster, "faster")
     return Verdict(key, kind, bm, nm, change, p_slower, "ok")
 
