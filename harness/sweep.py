@@ -30,8 +30,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tqdm import tqdm
-
+from harness.progress import bar as progress_bar
+from harness.progress import note
 from harness.results import RecordStore
 from harness.scoring import choose_rate
 from harness.train import ResolvedRun, RunSpec, execute, resolve, task_tier
@@ -283,15 +283,8 @@ def run_sweep(
 
     offer(tracker.selection)
     if progress and result.reused:
-        print(f"{result.reused} of {total} runs reused from {store.runs}", file=sys.stderr)
-    bar = tqdm(
-        total=max(total - result.reused, 0),
-        desc="runs",
-        unit="run",
-        disable=not progress or not len(queue),
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+        note(f"{result.reused} of {total} runs reused from {store.runs}")
+    bar = progress_bar(max(total - result.reused, 0), "runs", progress and bool(len(queue)), unit="run")
 
     def on_record(record: dict[str, Any]) -> None:
         store.save(record)
@@ -308,12 +301,8 @@ def run_sweep(
         result.ran += 1
         if record["status"] == "failed":
             result.failed.append(record)
-            tqdm.write(
-                f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
-            )
+            note(f"FAILED {record['candidate']} on {record['task']}: {record['error']}")
         elif record["status"] == "diverged":
-            tqdm.write(
-                f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})", file=sys.stderr
-            )
+            note(f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})")
     bar.close()
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -99,13 +98,6 @@ class RecordWriter:
         if self.store is not None:
             self.store.save(record)
         return record
-
-
-def progress(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar with ETA on stderr (a no-op object when disabled)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -42,11 +42,11 @@ from harness.bench.common import (
     dtype_name,
     is_oom,
     parse_dtype,
-    progress,
     short_error,
 )
 from harness.bench.numerics import max_abs, rms_ratio
 from harness.environment import resolve_device
+from harness.progress import bar as progress
 from harness.results import RecordStore
 from harness.timing import (
     check_clock,

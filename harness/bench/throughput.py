@@ -78,12 +78,12 @@ from harness.bench.common import (
     dtype_name,
     is_oom,
     parse_dtype,
-    progress,
     short_error,
 )
 from harness.bench.measure import count_flops, fit_exponent, peak_memory_bytes, peak_tflops
 from harness.environment import resolve_device
 from harness.mixer import state_bytes
+from harness.progress import bar as progress
 from harness.registry import get_candidate
 from harness.results import RecordStore
 from harness.timing import (
