@@ -1,14 +1,34 @@
-"""Shared by the benchmark modules: device choice, the timer, thread setup."""
+"""Shared by the benchmark modules: device choice, the timer, thread setup.
+
+The timer is ``harness.timing``'s (the one timing module of the project), loaded by path from this
+tree: during a backfill ``harness`` is an older commit's, which may not have it, and every commit
+must be timed by the same code anyway.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 DEVICE_ENV = "HARNESS_ASV_DEVICE"  # auto (CUDA when available), cpu or cuda; set by `harness history`
 CPU_THREADS = 1  # like training and the gate: results do not depend on the core count
+
+
+def this_tree(module: str):
+    """A leaf module of this tree's ``harness`` (``harness/<module>.py``, which imports no other
+    module of the package), loaded by path whichever ``harness`` is installed."""
+    name = f"_asv_this_tree_{module.replace('/', '_')}"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "harness" / f"{module}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # before running it: dataclasses look their module up
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def device() -> torch.device:
@@ -18,21 +38,11 @@ def device() -> torch.device:
     return torch.device(want)
 
 
-def synced_timer() -> float:
-    """asv's timer for the time_ benchmarks.
+timing = this_tree("timing")
 
-    CUDA: wall time after waiting for queued work, so a sample covers the kernels it launched.
-    CPU: the process's CPU time. The CPU benchmarks are single-threaded, so on an idle machine this
-    equals the wall time, and on a shared one it leaves out the time spent waiting for a core
-    (wall-clock samples of 5-50 ms calls vary 2-4x on a loaded 2-core machine, CPU time ~10-20 %).
-    """
-    if _CUDA_TIMING:
-        torch.cuda.synchronize()
-        return time.perf_counter()
-    return time.process_time()
-
-
-_CUDA_TIMING = device().type == "cuda"
+#: asv's timer for the time_ benchmarks (``harness.timing.benchmark_clock``): the thread's CPU time
+#: on CPU (the benchmarks run single-threaded), wall time after a synchronisation on CUDA.
+synced_timer = timing.benchmark_clock(device())
 
 
 def prepare(dev: torch.device) -> None:

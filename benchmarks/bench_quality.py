@@ -1,18 +1,24 @@
-"""Quality history: error rates (1 - test token accuracy) of a small fixed set of training runs.
+"""Quality history: error rates (1 - test token accuracy) of the gate's quality runs.
 
-Deterministic short runs (single-threaded CPU, fixed seeds): the smoke backbone (d_model 32, one
-layer) trained for 300 steps on associative recall, enough to separate a working mixer from a
-broken one in a few seconds per run. Error rates, so that lower is better like every asv number.
-A candidate or task missing at an older commit is skipped there.
+The runs are ``harness gate``'s quality set, defined once in ``harness/gate/settings.py`` (loaded by
+path from this tree, like the timer): deterministic short runs (single-threaded CPU, fixed seeds) of
+the smoke backbone (d_model 32, one layer) for 300 steps on associative recall, enough to separate a
+working mixer from a broken one in a few seconds per run. Error rates, so that lower is better like
+every asv number. A candidate or task missing at an older commit is skipped there; training settings
+an older engine does not know (early stopping came later) are left out there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from ._common import this_tree
+
 VERSION = "1"
-CANDIDATES = ["softmax", "linear-attention", "diagonal"]
-TASKS = ["associative-recall"]
-TIER = "smoke"
-TRAIN = {"steps": 300, "batch_size": 32, "n_valid": 64, "n_test": 512, "eval_batch": 256}
+_GATE = this_tree("gate/settings")
+CANDIDATES = list(_GATE.CANDIDATES)
+TASKS = list(_GATE.TASKS)
+QUALITY = _GATE.QualitySettings()
 
 
 class ErrorRate:
@@ -35,9 +41,14 @@ class ErrorRate:
             raise NotImplementedError(str(e)) from e
 
     def track_test_error(self, candidate: str, task: str) -> float:
+        from harness.tiers import TierConfig
         from harness.train import RunSpec, execute, resolve
 
-        record = execute(resolve(RunSpec(candidate, task, TIER, seed=0, train_overrides=dict(TRAIN))))
+        known = {f.name for f in dataclasses.fields(TierConfig)}
+        spec = RunSpec(
+            candidate, task, QUALITY.tier, seed=QUALITY.seed, train_overrides=QUALITY.train_overrides(known)
+        )
+        record = execute(resolve(spec))
         if record["status"] == "diverged":
             return 1.0
         if record["status"] != "ok":

@@ -1,13 +1,20 @@
-"""Running asv the way the harness needs it, around asv's known traps.
+"""Running asv the way the harness needs it, with asv's own options and API, around its known traps.
 
-- The benchmarks run in asv's ``existing`` environment (the current interpreter, with torch already
+- The benchmarks run in an ``existing`` environment (the current interpreter, with torch already
   installed): asv then saves nothing unless ``--set-commit-hash`` is given, so every run passes it.
-- ``asv continuous`` refuses the existing environment, and ``asv compare`` exits 0 even when
-  something got worse: :func:`parse_compare` reads its table and the harness decides the exit code.
-- asv reads machine entries only from ``~/.asv-machine.json`` and, with two entries there and no
-  ``-m``, stops to ask questions (or fails without a terminal). The harness keeps its own machine
-  file inside the project (``.asv/machine.json``, written from what :mod:`harness.machine` detects),
-  points asv at it, and always passes ``-m <machine class>``.
+  asv names an existing environment after the interpreter's path, which would give every clone,
+  virtualenv and CI runner a series of its own; the environment type ``existing-portable`` (an asv
+  plug-in, ``benchmarks/asv_environment.py``, named in asv.conf.json's ``plugins``) is asv's
+  ``existing`` named by the Python version instead (``existing-py3.11``).
+- Runs keep asv's statistics: its own sampling (no ``--quick``, whose single sample has an unbounded
+  interval) and the raw samples (``--record-samples``), which ``harness history compare`` judges with
+  the gate's judge (:mod:`harness.gate.verdicts`). It reads the results through asv's API
+  (``asv.results``), not the table of ``asv compare`` (which exits 0 even when something got worse).
+- ``asv continuous`` refuses the existing environment.
+- asv reads machine entries from its machine file (``~/.asv-machine.json``) and, with two entries
+  there and no ``-m``, stops to ask questions (or fails without a terminal). The harness writes the
+  detected machine class there with asv's API (:func:`save_machine`) and always passes
+  ``-m <machine class>``.
 - A commit other than the checked-out one runs with that commit's packages first on the benchmark
   processes' ``sys.path`` (:mod:`harness.worktree`). Not through PYTHONPATH: asv's benchmark runner
   removes PYTHONPATH's entries from ``sys.path``; it puts ``ASV_PYTHONPATH``'s first instead. The
@@ -30,24 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.environment import REPO_ROOT
-from harness.machine import MachineInfo, detect, write_asv_machine_file
+from harness.machine import MachineInfo, detect
 from harness.worktree import GitError, git, rev_parse
 
 CONFIG_NAME = "asv.conf.json"
 DEVICE_ENV = "HARNESS_ASV_DEVICE"  # the benchmarks' device: auto (CUDA when available), cpu, cuda
 
-# Run asv's command line with its machine file redirected (asv has no option for it). Runs as
-# ``python -c`` so the asv process itself imports no ``harness`` (PYTHONPATH may point at another
-# commit's code, meant for the benchmark processes only).
-_ASV_MAIN = """\
-import sys
-from asv.machine import MachineCollection
-_path = sys.argv.pop(1)
-MachineCollection.get_machine_file_path = staticmethod(lambda: _path)
-from asv.main import main
-sys.argv[0] = "asv"
-sys.exit(main())
-"""
+ENV_TYPE = "existing-portable"  # the plug-in's environment type (benchmarks/asv_environment.py)
 
 
 class AsvError(RuntimeError):
@@ -70,33 +66,6 @@ def find_config(start: Path | None = None) -> Path:
     if (REPO_ROOT / CONFIG_NAME).exists():
         return REPO_ROOT / CONFIG_NAME
     raise AsvError(f"no {CONFIG_NAME} in {here} or its parents, nor in {REPO_ROOT}")
-
-
-@dataclass
-class CompareRow:
-    mark: str  # "+" worse, "-" better, "!" newly failing, "*" fixed, "x" not comparable, " " same
-    before: str
-    after: str
-    ratio: str
-    benchmark: str
-
-    @property
-    def regression(self) -> bool:
-        return self.mark in ("+", "!")
-
-
-def parse_compare(text: str) -> list[CompareRow]:
-    """The rows of ``asv compare`` output (its GitHub-style tables)."""
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("|") or set(line) <= set("|-: "):
-            continue
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) != 5 or cells[0] == "Change":
-            continue
-        rows.append(CompareRow(cells[0] or " ", cells[1], cells[2], cells[3], cells[4]))
-    return rows
 
 
 @dataclass
@@ -140,17 +109,13 @@ class AsvProject:
     def repo(self) -> Path:
         return self._path("repo", ".")
 
-    @property
-    def machine_file(self) -> Path:
-        return self.root / ".asv" / "machine.json"
-
     def head(self) -> str:
         return rev_parse(self.repo, "HEAD")
 
     def ensure_machine(self, device: str = "auto", name: str | None = None) -> MachineInfo:
-        """Detect this machine and write its entry to the project's asv machine file."""
+        """Detect this machine and write its entry to asv's machine file."""
         info = detect(device)
-        write_asv_machine_file(self.machine_file, info, name)
+        save_machine(info, name)
         return info
 
     def _effective_config(self) -> Path:
@@ -189,16 +154,8 @@ class AsvProject:
         return path
 
     def command(self, args: list[str]) -> list[str]:
-        """The argv that runs ``asv <args>`` with this project's config and machine file."""
-        return [
-            sys.executable,
-            "-c",
-            _ASV_MAIN,
-            str(self.machine_file),
-            *args,
-            "--config",
-            str(self._effective_config()),
-        ]
+        """The argv that runs ``asv <args>`` with this project's config."""
+        return [sys.executable, "-m", "asv", *args, "--config", str(self._effective_config())]
 
     def asv(
         self,
@@ -226,28 +183,32 @@ class AsvProject:
         commit: str,
         machine: str,
         bench: list[str] | None = None,
-        quick: bool = True,
+        quick: bool = False,
         import_root: Path | None = None,
         device: str = "auto",
         capture: bool = False,
         timeout: float | None = None,
         show_stderr: bool = True,
     ) -> subprocess.CompletedProcess:
-        """``asv run`` in the existing environment, results saved under ``commit`` for ``machine``.
+        """``asv run`` in this interpreter's environment, results saved under ``commit`` for
+        ``machine``, with asv's sampling and the raw samples (``quick``: one sample each, a smoke check
+        whose results are not fit for the history).
 
         ``import_root``: another commit's packages (see :mod:`harness.worktree`), first on the
-        benchmark processes' ``sys.path`` (through ``ASV_PYTHONPATH``). asv exits 2 when a benchmark failed (results are saved anyway).
+        benchmark processes' ``sys.path`` (through ``ASV_PYTHONPATH``). asv exits 2 when a benchmark
+        failed (results are saved anyway).
         """
         args = [
             "run",
             "-E",
-            f"existing:{sys.executable}",
+            f"{ENV_TYPE}:{sys.executable}",
             "--set-commit-hash",
             commit,
             "-m",
             machine,
             "--launch-method",
             "spawn",
+            "--record-samples",
         ]
         if quick:
             args.append("--quick")
@@ -267,7 +228,7 @@ class AsvProject:
         registry of the code it imports; ``publish`` shows only what ``benchmarks.json`` lists. After
         a backfill this makes it the suite of the newest commit measured.
         """
-        args = ["run", "-E", f"existing:{sys.executable}", "-m", machine, "--bench", "just-discover"]
+        args = ["run", "-E", f"{ENV_TYPE}:{sys.executable}", "-m", machine, "--bench", "just-discover"]
         return self.asv(args, env=benchmark_env(import_root), capture=capture)
 
     def result_files(self, machine: str, commit: str) -> list[Path]:
@@ -275,30 +236,71 @@ class AsvProject:
         folder = self.results_dir / machine
         return sorted(folder.glob(f"{commit[:length]}-*.json")) if folder.exists() else []
 
-    def recorded_commits(self, machine: str) -> list[str]:
-        out = []
-        folder = self.results_dir / machine
-        for p in sorted(folder.glob("*.json")) if folder.exists() else ():
-            if p.name == "machine.json":
-                continue
-            try:
-                out.append(json.loads(p.read_text())["commit_hash"])
-            except (OSError, ValueError, KeyError):
-                continue
-        return out
-
     def publish(self, html_dir: Path | None = None, capture: bool = False) -> subprocess.CompletedProcess:
         args = ["publish"]
         if html_dir is not None:
             args += ["--html-dir", str(Path(html_dir).resolve())]
         return self.asv(args, capture=capture)
 
-    def compare(
-        self, rev1: str, rev2: str, machine: str, factor: float = 1.1
-    ) -> tuple[list[CompareRow], subprocess.CompletedProcess]:
-        args = ["compare", "--factor", str(factor), "--split", "-m", machine, rev1, rev2]
-        proc = self.asv(args, capture=True)
-        return parse_compare(proc.stdout), proc
+    def readings(self, machine: str, commit: str) -> dict[str, Reading]:
+        """Every result of ``commit`` on ``machine``, through asv's API, one ``Reading`` per benchmark
+        and parameter combination (named as ``asv compare`` names them)."""
+        from asv.benchmarks import Benchmarks
+        from asv.commands.compare import unroll_result
+        from asv.config import Config
+        from asv.results import iter_results_for_machine_and_hash
+        from asv.util import UserError
+
+        conf = Config.load(str(self.config))
+        conf.results_dir = str(self.results_dir)
+        try:
+            described = Benchmarks.load(conf)
+        except UserError:  # no benchmarks.json: the kinds come from the names alone
+            described = {}
+        out: dict[str, Reading] = {}
+        for result in iter_results_for_machine_and_hash(str(self.results_dir), machine, commit):
+            for key in result.get_all_result_keys():
+                params = result.get_result_params(key)
+                unrolled = unroll_result(
+                    key,
+                    params,
+                    result.get_result_value(key, params),
+                    result.get_result_stats(key, params),
+                    result.get_result_samples(key, params),
+                )
+                meta = described.get(key, {})
+                for name, value, _stats, samples in unrolled:
+                    out[name] = Reading.of(name, key, meta, value, samples)
+        return out
+
+
+@dataclass
+class Reading:
+    """One benchmark result of one commit, as the judge (:mod:`harness.gate.verdicts`) takes it."""
+
+    name: str
+    kind: str  # speed (time_: samples), quality (track_ error rates), value (peakmem_, other track_)
+    values: list[float]  # the samples (speed), else the one value; empty when it failed or was skipped
+    higher_is_better: bool = False
+    error: str | None = None
+
+    @classmethod
+    def of(cls, name: str, key: str, meta: dict[str, Any], value, samples) -> Reading:
+        from harness.gate.verdicts import QUALITY, SPEED, VALUE
+
+        kind_of = meta.get("type") or key.rpartition(".")[2].split("_")[0]
+        if kind_of == "time":
+            kind = SPEED
+        elif kind_of == "track" and meta.get("unit") == "error rate":
+            kind = QUALITY
+        else:
+            kind = VALUE
+        if value is None:  # asv: the benchmark failed
+            return cls(name, kind, [], error="failed")
+        if value != value:  # NaN: skipped (e.g. needs CUDA, or absent at this commit)
+            return cls(name, kind, [])
+        values = [float(v) for v in samples] if kind == SPEED and samples else [float(value)]
+        return cls(name, kind, values)
 
 
 def benchmark_env(import_root: Path | None = None, device: str = "auto") -> dict[str, str]:
@@ -380,17 +382,27 @@ def last_lines(text: str | None, n: int = 30) -> str:
     return "\n".join(lines[-n:])
 
 
-def strip_ansi(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+def save_machine(info: MachineInfo, name: str | None = None) -> Path:
+    """Add (or replace) this machine's entry in asv's machine file with asv's API (other entries are
+    kept: with several, asv needs ``-m NAME``, which the harness always passes). Returns the file."""
+    try:
+        from asv.machine import MachineCollection
+    except ImportError:
+        raise AsvError("asv is not installed: pip install -e '.[asv]'") from None
+    entry = info.asv_entry()
+    if name:
+        entry["machine"] = name
+    MachineCollection.save(entry["machine"], entry)
+    return Path(MachineCollection.get_machine_file_path())
 
 
 __all__ = [
     "AsvError",
     "AsvProject",
-    "CompareRow",
     "GitError",
+    "Reading",
     "find_config",
     "git",
     "known_config_keys",
-    "parse_compare",
+    "save_machine",
 ]

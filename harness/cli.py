@@ -771,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub) -> None:
     """Command families living in their own packages (benchmarks, history, gates)."""
     from harness.bench.cli import add_bench_commands
-    from harness.gate import add_gate_command
+    from harness.gate.cli import add_gate_command
     from harness.history import add_history_commands
     from harness.report.cli import add_report_command
 

@@ -345,9 +345,32 @@ def conformance_identity(name: str) -> dict[str, Any]:
     }
 
 
-def conformance_record(name: str, store, force: bool = False) -> dict[str, Any]:
+def _check_in_worker(name: str) -> list[dict[str, Any]]:
+    """Worker entry point (a fresh process: plug-ins load there too)."""
+    return [r.as_dict() for r in check_candidate(name)]
+
+
+def _check_isolated(name: str) -> list[CheckResult]:
+    """``check_candidate`` in a child process, so a candidate that crashes the interpreter
+    (a segfault in a plug-in's kernel) is a failed check, not a dead command."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return [CheckResult(**r) for r in pool.submit(_check_in_worker, name).result()]
+        except BrokenProcessPool:
+            dead = "the process checking it died (a crash in native code, e.g. a segfault, or it was killed)"
+            return [CheckResult("builds", "fail", dead)] + [
+                CheckResult(c, "skipped", "the candidate crashed the checks") for c in CHECK_NAMES[1:]
+            ]
+
+
+def conformance_record(name: str, store, force: bool = False, isolated: bool = False) -> dict[str, Any]:
     """The stored conformance verdict of ``name``, checked now if there is none for its current
-    sources (once per candidate source hash)."""
+    sources (once per candidate source hash); ``isolated`` runs the checks in a child process."""
     from harness.identity import run_id_for
 
     identity = conformance_identity(name)
@@ -356,7 +379,7 @@ def conformance_record(name: str, store, force: bool = False) -> dict[str, Any]:
         existing = store.get("conformance", run_id)
         if existing is not None:
             return existing
-    results = check_candidate(name)
+    results = _check_isolated(name) if isolated else check_candidate(name)
     record = {
         "kind": "conformance",
         "run_id": run_id,

@@ -44,6 +44,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The device a command runs on: ``auto`` is CUDA when available, else CPU; ``cpu`` and ``cuda``
+    (``cuda:N``) as given. Anything else, or CUDA on a machine without it, is a ``ValueError``."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch.cuda.is_available() is False on this machine")
+    return dev
+
+
 def device_name(device: str | torch.device = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():

@@ -1,16 +1,20 @@
 """``harness machine`` and ``harness history``: benchmark history with asv, per machine class.
 
-- ``harness machine``: detect the hardware and write its asv machine entry (``.asv/machine.json``)
-  under a stable name per kind of hardware (``cpu-amd-epyc-2c``, ``h100-sxm-80g``).
-- ``harness history record``: measure the checked-out commit (asv ``run`` in the existing
-  environment with ``--set-commit-hash`` and ``-m``; ``--quick`` by default: one sample per
-  benchmark after the warm-up call in each benchmark's setup).
+- ``harness machine``: detect the hardware and write its entry to asv's machine file
+  (``~/.asv-machine.json``) under a stable name per kind of hardware (``cpu-amd-epyc-2c``,
+  ``h100-sxm-80g``).
+- ``harness history record``: measure the checked-out commit (asv ``run`` in this interpreter's
+  environment with ``--set-commit-hash`` and ``-m``), with asv's statistics: its sampling (the
+  suite's ``rounds``, ``repeat`` and ``warmup_time``, set in ``benchmarks/bench_mixers.py`` to keep
+  a full record of the CPU suite within its stated time budget) and the raw samples.
+  ``--quick`` (one sample each, no interval) is a smoke check, not a record for the history.
 - ``harness history backfill A..B``: each commit checked out in a temporary ``git worktree`` and
   measured with its own code; all results go to the one ``results/asv``.
 - ``harness history publish``: the HTML report (``asv publish``); ``harness history serve``: serve it
   on 127.0.0.1 only.
-- ``harness history compare A B``: ``asv compare`` with an exit code (asv's own is 0 even when a
-  benchmark got worse): 1 if anything got worse by more than ``--factor``.
+- ``harness history compare A B``: every benchmark of B against A, judged by the gate's judge
+  (:mod:`harness.gate.verdicts`: times by factor and Mann-Whitney U on asv's samples, the quality
+  error rates by the gate's tolerance, single readings by the factor); exit 1 if anything regressed.
 
 Exit codes: 0 ok, 1 a benchmark failed or got worse, 2 usage or setup error.
 """
@@ -32,7 +36,8 @@ from typing import Any
 from tabulate import tabulate
 
 from harness.asvtools import AsvError, AsvProject, last_lines, localize_report, prune_unmeasured
-from harness.worktree import GitError, checkout, git, is_dirty, revisions
+from harness.gate.verdicts import DEFAULTS, Thresholds, Verdict, judge
+from harness.worktree import GitError, checkout, git, is_dirty, rev_parse, revisions
 
 
 class HistoryError(Exception):
@@ -53,8 +58,8 @@ def cmd_machine(args: argparse.Namespace) -> int:
     else:
         print(tabulate(sorted(entry.items()), tablefmt="plain"))
         print(
-            f"\nwritten to {project.machine_file} (asv machine file; results go to "
-            f"{project.results_dir / entry['machine']})",
+            f"\nwritten to asv's machine file (~/.asv-machine.json); results go to "
+            f"{project.results_dir / entry['machine']}",
             file=sys.stderr,
         )
     return 0
@@ -89,7 +94,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     sha = project.head()
     t0 = time.perf_counter()
     proc = project.run_benchmarks(
-        sha, machine, _bench_patterns(args), quick=not args.no_quick, device=device, timeout=args.timeout
+        sha, machine, _bench_patterns(args), quick=args.quick, device=device, timeout=args.timeout
     )
     outcome = _outcome(proc, project, machine, sha)
     print(
@@ -118,7 +123,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                 sha,
                 machine,
                 _bench_patterns(args),
-                quick=not args.no_quick,
+                quick=args.quick,
                 import_root=co.import_root,
                 device=device,
                 timeout=args.timeout,
@@ -217,20 +222,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_commits(
+    project: AsvProject, rev1: str, rev2: str, machine: str, thresholds: Thresholds = DEFAULTS
+) -> list[Verdict]:
+    """The verdict on every benchmark recorded for ``rev2`` against ``rev1`` on ``machine``."""
+    shas = []
+    for rev in (rev1, rev2):
+        sha = rev_parse(project.repo, rev)
+        if not project.result_files(machine, sha):
+            raise HistoryError(f"no results for {rev} ({sha[:8]}) on {machine} in {project.results_dir}")
+        shas.append(sha)
+    before, after = (project.readings(machine, sha) for sha in shas)
+    verdicts = []
+    for name in sorted(set(before) | set(after)):
+        b, a = before.get(name), after.get(name)
+        r = a or b
+        verdicts.append(
+            judge(
+                name,
+                r.kind,
+                b.values if b else None,
+                a.values if a else None,
+                thresholds,
+                higher_is_better=r.higher_is_better,
+                error=a.error if a else None,
+                base_error=b.error if b else None,
+            )
+        )
+    return verdicts
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     project = AsvProject.find(args.config)
     machine = args.machine or project.ensure_machine(args.device).name
-    rows, proc = project.compare(args.rev1, args.rev2, machine, factor=args.factor)
-    if proc.returncode != 0:
-        print(last_lines(proc.stdout + proc.stderr), file=sys.stderr)
-        raise HistoryError(f"asv compare failed (exit {proc.returncode})")
-    worse = [r for r in rows if r.regression]
-    print(proc.stdout.rstrip())
-    verdict = (
-        f"{len(worse)} benchmark(s) got worse by more than {args.factor}x" if worse else "no regressions"
+    thresholds = Thresholds(factor=args.factor, alpha=args.alpha, tolerance=args.tolerance)
+    verdicts = compare_commits(project, args.rev1, args.rev2, machine, thresholds)
+    shown = verdicts if args.all else [v for v in verdicts if v.status != "ok"]
+    rows = [
+        [
+            v.key,
+            _fmt(v.base),
+            _fmt(v.new),
+            "-" if v.change is None else (f"{v.change:+.3g}" if v.kind == "quality" else f"{v.change:.2f}x"),
+            "-" if v.p_value is None else f"{v.p_value:.2g}",
+            v.status.upper() if v.regression else v.status,
+        ]
+        for v in shown
+    ]
+    if rows:
+        headers = ["benchmark", args.rev1, args.rev2, "change", "p", "verdict"]
+        print(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    worse = [v for v in verdicts if v.regression]
+    verdict = f"{len(worse)} regression(s)" if worse else "no regressions"
+    same = len(verdicts) - len(shown)
+    print(
+        f"\nharness history compare {args.rev1}..{args.rev2} on {machine}: {verdict} ({same} unchanged not shown)"
     )
-    print(f"\nharness history compare {args.rev1}..{args.rev2} on {machine}: {verdict}")
     return 1 if worse else 0
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -248,7 +300,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="only benchmarks matching this regex (repeatable), e.g. 'bench_mixers\\.softmax\\.' or 'ErrorRate'",
     )
     p.add_argument(
-        "--no-quick", action="store_true", help="asv's full sampling (default: --quick, one sample each)"
+        "--quick",
+        action="store_true",
+        help="one sample per benchmark, no interval: a smoke check, not a record for the history",
     )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--machine", help="machine name (default: the detected machine class)")
@@ -295,11 +349,22 @@ def add_history_commands(subparsers: Any) -> None:
     p.add_argument("--publish", action="store_true", help="publish first")
     p.set_defaults(func=_guarded(cmd_serve))
 
-    p = hs.add_parser("compare", help="compare two recorded commits; exit 1 if something got worse")
+    p = hs.add_parser(
+        "compare", help="compare two recorded commits with the gate's judge; exit 1 if something regressed"
+    )
     _add_config(p)
     p.add_argument("rev1", help="the reference commit")
     p.add_argument("rev2", help="the commit compared with it")
-    p.add_argument("--factor", type=float, default=1.1, help="change that counts (default 1.1)")
+    t = DEFAULTS
+    p.add_argument("--factor", type=float, default=t.factor, help=f"change that counts (default {t.factor})")
+    p.add_argument("--alpha", type=float, default=t.alpha, help=f"significance level (default {t.alpha})")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=t.tolerance,
+        help=f"error-rate rise that counts (default {t.tolerance})",
+    )
+    p.add_argument("--all", action="store_true", help="also list the benchmarks that did not change")
     p.add_argument("--machine", help="machine name (default: the detected machine class)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_guarded(cmd_compare))

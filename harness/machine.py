@@ -17,7 +17,6 @@ the graphs).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.environment import cpu_model
+from harness.environment import cpu_model, resolve_device
 
 # Marketing memory sizes (GB) of data-centre GPUs: the detected total (GiB, less reserved memory)
 # snaps to the nearest one within 8 %, so "80GB" parts are called 80g, not 79g.
@@ -149,24 +148,11 @@ def _ram_gb() -> int:
         return 0
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` is CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch.cuda.is_available() is False on this machine")
-    return device
-
-
 def detect(device: str = "auto") -> MachineInfo:
     """The machine class for benchmarks that run on ``device`` (``auto``: CUDA if available)."""
     import torch
 
-    device = resolve_device(device)
+    device = resolve_device(device).type
     cpu = cpu_model()
     cores = _usable_cores()
     gpu = mem = None
@@ -191,27 +177,3 @@ def detect(device: str = "auto") -> MachineInfo:
         gpu_memory_bytes=mem,
         gpu_count=count,
     )
-
-
-def write_asv_machine_file(path: Path, info: MachineInfo, name: str | None = None) -> dict[str, Any]:
-    """Add (or replace) this machine's entry in an asv machine file (``~/.asv-machine.json`` format).
-
-    Other entries are kept: with several entries asv needs ``-m NAME``, which the harness always
-    passes. Returns the whole file's content.
-    """
-    entry = info.asv_entry()
-    if name:
-        entry["machine"] = name
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"asv machine file {path} is not valid JSON: {e}") from e
-    data[entry["machine"]] = entry
-    data["version"] = 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return data

@@ -1,4 +1,5 @@
-"""Progress on stderr: a live bar on a terminal, a summary line every N steps otherwise.
+"""Progress output, one place for every long command: on stderr (stdout carries the tables and JSON
+a command prints), a live bar on a terminal, a summary line every N steps otherwise.
 
 A bar redrawn in place is right for a person at a terminal and wrong for a log file, where each
 redraw becomes a line. ``progress_bar`` gives a tqdm bar when the stream is a TTY and a
@@ -101,3 +102,15 @@ def progress_bar(
         options = {"dynamic_ncols": True, **tqdm_options}
         return tqdm(total=total, desc=desc, disable=not enabled, file=file, **options)
     return LineProgress(total, desc, file, every, enabled)
+
+
+def bar(total: int, desc: str, enabled: bool = True, unit: str = "it") -> Any:
+    """The progress of a long command on stderr (stdout carries the tables and JSON it prints): a
+    bar on a terminal, summary lines in a log; a context manager (``update``, ``total``,
+    ``set_postfix_str``). A disabled one (``--quiet``, nothing to do) prints nothing."""
+    return progress_bar(total, desc, enabled=enabled, unit=unit, leave=False)
+
+
+def note(message: str) -> None:
+    """One line on stderr, above any bar that is showing."""
+    tqdm.write(message, file=sys.stderr)

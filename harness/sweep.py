@@ -287,22 +287,24 @@ def _run_all(queue: _Queue, jobs: int, on_record) -> Iterator[dict[str, Any]]:
 
 
 def gate_conformance(
-    cells: list[CellPlan], store: RecordStore, result: SweepResult, progress: bool
+    cells: list[CellPlan], store: RecordStore, result: SweepResult, progress: bool, isolated: bool = False
 ) -> list[CellPlan]:
     """The cells of candidates that conform (``harness.conformance``, checked once per candidate
-    source hash and stored); the others are noted in ``result.nonconforming`` and never trained."""
+    source hash and stored); the others are noted in ``result.nonconforming`` and never trained.
+    ``isolated`` checks in a child process, as parallel sweeps train in worker processes."""
     from harness.conformance import conformance_record
 
     verdicts = {}
     for name in dict.fromkeys(c.base.candidate for c in cells):
         if progress:
             print(f"conformance: {name} ...", end="\r", file=sys.stderr, flush=True)
-        verdicts[name] = conformance_record(name, store)
+        verdicts[name] = conformance_record(name, store, isolated=isolated)
         if verdicts[name]["status"] != "conforms":
             result.nonconforming[name] = verdicts[name]
+            first = next((r for r in verdicts[name]["results"] if r["status"] == "fail"), {})
             print(
                 f"NONCONFORMING {name}: fails {', '.join(verdicts[name]['failed'])}; not trained, not ranked "
-                f"(`harness check {name}` says what to fix)",
+                f"({first.get('check')}: {first.get('detail')}; `harness check {name}` lists every check)",
                 file=sys.stderr,
             )
     return [c for c in cells if c.base.candidate not in result.nonconforming]
@@ -319,7 +321,7 @@ def run_sweep(
     """Run every cell's missing runs; with ``check`` (the default) only candidates that conform."""
     result = SweepResult()
     if check:
-        cells = gate_conformance(cells, store, result, progress)
+        cells = gate_conformance(cells, store, result, progress, isolated=jobs > 1)
     tracker = _Cells(cells)
     queue = _Queue()
     seen: set[str] = set()

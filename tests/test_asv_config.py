@@ -3,8 +3,10 @@
 The trap tests run real asv commands on a tiny git repository (a package laid out like this one,
 with a ``package-dir`` mapping, and a two-benchmark suite that does not import torch), so they take
 seconds: asv's existing environment saves nothing without ``--set-commit-hash``; ``asv continuous``
-refuses the existing environment; ``asv compare`` exits 0 on a regression; a machine file with two
-entries and no ``-m`` fails without a terminal; asv ignores unknown config keys.
+refuses the existing environment; a machine file with two entries and no ``-m`` fails without a
+terminal; asv ignores unknown config keys. The harness's environment is named by the Python
+version, not the interpreter's path, and ``harness history compare`` judges asv's samples with the
+gate's judge. Tests that run asv point HOME at a temporary folder: asv's machine file lives there.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import pytest
 asv = pytest.importorskip("asv", reason="asv is not installed (pip install -e '.[asv]')")
 
 from harness import history  # noqa: E402
-from harness.asvtools import AsvProject, known_config_keys, parse_compare  # noqa: E402
-from harness.machine import MachineInfo, cpu_slug, detect, gpu_slug, write_asv_machine_file  # noqa: E402
+from harness.asvtools import ENV_TYPE, AsvProject, known_config_keys, save_machine  # noqa: E402
+from harness.machine import MachineInfo, cpu_slug, detect, gpu_slug  # noqa: E402
 from harness.registry import candidate_names  # noqa: E402
 from harness.worktree import build_import_root  # noqa: E402
 
@@ -53,7 +55,9 @@ def test_known_keys_reject_a_misspelling():
 
 def test_config_values():
     conf = json.loads(CONFIG.read_text())
-    assert conf["environment_type"] == "existing"
+    assert conf["environment_type"] == ENV_TYPE == "existing-portable"
+    assert conf["plugins"] == [".benchmarks.asv_environment"]
+    assert (ROOT / "benchmarks" / "asv_environment.py").exists()
     assert conf["launch_method"] == "spawn"
     assert conf["results_dir"] == "results/asv"
     assert (ROOT / conf["benchmark_dir"] / "__init__.py").exists()
@@ -167,30 +171,24 @@ def test_detected_cpu_class_names_model_and_cores():
     assert "torch" not in json.dumps(entry)  # software versions live in the records, not the class
 
 
-def test_machine_file_keeps_other_entries(tmp_path):
-    path = tmp_path / "machine.json"
+@pytest.fixture
+def asv_home(tmp_path, monkeypatch):
+    """asv's machine file (``~/.asv-machine.json``) in a temporary home, not the user's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def test_machine_file_is_asvs_and_keeps_other_entries(asv_home):
     a = MachineInfo("cpu-a-2c", "cpu", "A", 2, "x86_64", "Linux", 8)
     b = MachineInfo("h100-sxm-80g", "cuda", "B", 16, "x86_64", "Linux", 128, "NVIDIA H100 80GB HBM3", 85e9, 1)
-    write_asv_machine_file(path, a)
-    data = write_asv_machine_file(path, b)
+    assert save_machine(a) == asv_home / ".asv-machine.json"
+    save_machine(b)
+    data = json.loads((asv_home / ".asv-machine.json").read_text())
     assert set(data) == {"cpu-a-2c", "h100-sxm-80g", "version"}
     assert data["h100-sxm-80g"]["gpu"].startswith("NVIDIA H100 80GB HBM3")
-    assert json.loads(path.read_text()) == data
-
-
-def test_parse_compare_reads_marks():
-    text = """
-Benchmarks that have got worse:
-
-| Change   | Before [aaaaaaaa]   | After [bbbbbbbb]   |   Ratio | Benchmark (Parameter)   |
-|----------|---------------------|--------------------|---------|-------------------------|
-| +        | 1.00                | 3.00               |    3.00 | bench_tiny.Suite.track_value |
-| !        | 1.00                | failed             |     n/a | bench_tiny.time_x       |
-|          | 1.00                | 1.01               |    1.01 | bench_tiny.time_y       |
-"""
-    rows = parse_compare(text)
-    assert [r.mark for r in rows] == ["+", "!", " "]
-    assert [r.regression for r in rows] == [True, True, False]
+    assert data["cpu-a-2c"]["num_cpu"] == "2"
 
 
 # -- a tiny project: asv's traps, for real ----------------------------------------------------------------
@@ -235,6 +233,8 @@ def make_tiny_project(root: Path, values=(1, 3)) -> list[str]:
     (root / "benchmarks").mkdir()
     (root / "benchmarks" / "__init__.py").write_text("")
     (root / "benchmarks" / "bench_tiny.py").write_text(TINY_BENCH)
+    plugin = ROOT / "benchmarks" / "asv_environment.py"  # the config names it
+    (root / "benchmarks" / plugin.name).write_text(plugin.read_text())
     (root / ".gitignore").write_text(".asv/\nresults/asv/html/\n")
     shas = []
     for v in values:
@@ -251,7 +251,7 @@ def tracked_values(project: AsvProject, machine: str, sha: str) -> list[float]:
 
 
 @pytest.fixture
-def tiny(tmp_path, monkeypatch):
+def tiny(tmp_path, monkeypatch, asv_home):
     root = tmp_path / "tiny"
     shas = make_tiny_project(root)
     # "installed": the package importable as after `pip install -e .` (asv's benchmark runner drops
@@ -270,12 +270,18 @@ def test_existing_environment_saves_nothing_without_set_commit_hash(tiny):
     proc = project.run_benchmarks(shas[-1], machine, quick=True, capture=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert tracked_values(project, machine, shas[-1]) == [30, 60]
+    # named by the Python version, not the interpreter's path: every clone and runner joins one series
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (path,) = project.result_files(machine, shas[-1])
+    data = json.loads(path.read_text())
+    assert path.name == f"{shas[-1][:8]}-existing-py{version}.json"
+    assert data["env_name"] == f"existing-py{version}" and data["params"]["python"] == version
 
 
 def test_two_machine_entries_need_m(tiny):
     project, machine, shas = tiny
     other = MachineInfo("cpu-other-64c", "cpu", "Other", 64, "x86_64", "Linux", 256)
-    write_asv_machine_file(project.machine_file, other)
+    save_machine(other)
     args = ["run", "-E", f"existing:{sys.executable}", "--set-commit-hash", shas[-1], "--quick"]
     without_m = project.asv(args, capture=True)
     assert without_m.returncode != 0  # the trap: asv wants to ask questions, and there is no terminal
@@ -314,10 +320,19 @@ def test_backfill_measures_each_commits_own_code_and_compare_gates(tiny, capsys)
     )
     assert rc == 0 and "skipped" in capsys.readouterr().out
 
-    # asv compare: exit 0 although the value tripled; the harness says 1
-    rows, proc = project.compare(shas[0], shas[1], machine, factor=1.1)
-    assert proc.returncode == 0
-    assert any(r.regression and "track_value" in r.benchmark for r in rows)
+    # asv's statistics are kept: several samples a result, with their interval
+    (path,) = project.result_files(machine, shas[1])
+    data = json.loads(path.read_text())
+    columns = data["result_columns"]
+    time_sum = dict(zip(columns, data["results"]["bench_tiny.Suite.time_sum"]))
+    assert all(len(s) >= 5 for s in time_sum["samples"]), time_sum["samples"]
+    assert all(a > float("-inf") for a in time_sum["stats_ci_99_a"])
+
+    # the gate's judge on asv's results: the tripled value and the tripled time are regressions
+    verdicts = {v.key: v for v in history.compare_commits(project, shas[0], shas[1], machine)}
+    assert verdicts["bench_tiny.Suite.track_value(10)"].status == "worse"
+    slower = verdicts["bench_tiny.Suite.time_sum(20)"]
+    assert slower.status == "slower" and slower.p_value < 0.01, slower
     assert history.main(["history", "compare", shas[0], shas[1], "--config", cfg, "--machine", machine]) == 1
     assert history.main(["history", "compare", shas[1], shas[1], "--config", cfg, "--machine", machine]) == 0
 

@@ -21,22 +21,20 @@ from harness import Mixer, get_candidate, register_candidate
 from harness import registry as reg
 from harness.bench import common, report, throughput
 from harness.bench.cli import main as bench_main
+from harness.bench.measure import count_flops, fit_exponent, peak_memory_bytes, peak_tflops
 from harness.bench.numerics import NumericsConfig, nan_fill_uninitialized, run_numerics
 from harness.bench.scans import ScansConfig, run_scans
 from harness.bench.throughput import ThroughputConfig, run_throughput, spread_rounds
-from harness.bench.timing import (
+from harness.results import RecordStore
+from harness.timing import (
     check_clock,
-    count_flops,
-    fit_exponent,
-    peak_memory_bytes,
-    peak_tflops,
+    fastest,
     runs_on_calling_thread,
     speed_probe,
     stats_from,
     time_cpu,
     time_probe,
 )
-from harness.results import RecordStore
 
 TINY = dict(d_model=32, batch=1, min_run_time=0.01, min_samples=3, progress=False)
 
@@ -116,12 +114,22 @@ def test_stats_and_cpu_timer_are_sane():
     assert st.n >= 4 and 0 < st.p20 <= st.median <= st.p80 < 1.0
 
 
-def test_cpu_timer_times_each_block_once():
-    """Every call time_cpu makes is a timed one (the caller warms up): ``Timer.timeit`` would add two
-    untimed calls per block, tripling the cost of each sample of a slow call."""
+def test_cpu_timer_samples_are_public_timer_calls_with_their_own_warm_up():
+    """A one-call sample is ``blocked_autorange(min_run_time=0)``: one untimed call (its block-size
+    estimate) and one timed; a block of several calls is ``timeit``: two untimed calls, then the block.
+    The caller does not warm up: every sample is warm."""
     calls = []
     st = time_cpu(lambda: calls.append(1), threads=1, call_estimate=1.0, min_run_time=0.0, min_samples=5)
-    assert st.n == 5 and len(calls) == 5
+    assert st.n == 5 and len(calls) == 10 and "blocked_autorange" in st.method
+    calls.clear()
+    st = time_cpu(lambda: calls.append(1), threads=1, call_estimate=1e-4, min_run_time=0.004, min_samples=4)
+    assert "timeit, blocks of 10" in st.method and st.n >= 4 and len(calls) == st.n * (10 + 2)
+
+
+def test_fastest_is_the_minimum_of_one_call_samples():
+    calls = []
+    t = fastest(lambda: calls.append(sum(range(2000))), torch.device("cpu"), reps=3)
+    assert len(calls) == 6 and 0 < t < 0.1
 
 
 def test_speed_probe_is_fixed_work_timed_over_a_window():

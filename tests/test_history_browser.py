@@ -85,6 +85,8 @@ def png_is_not_blank(path: Path) -> bool:
 def test_history_report_renders_in_chromium(tmp_path, monkeypatch):
     root = tmp_path / "tiny"
     shas = make_tiny_project(root, values=(1, 2, 3))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # asv's machine file, not the user's
     monkeypatch.setenv("ASV_PYTHONPATH", str(build_import_root(root, tmp_path / "installed")))
     cfg = str(root / "asv.conf.json")
     assert history.main(["history", "backfill", shas[0], "--config", cfg, "--device", "cpu"]) == 0

@@ -1,4 +1,4 @@
-"""Fast scans against their loop references: kernels/assoc_scan.py and kernels/diag_scan.py."""
+"""Fast scans against their loop references: kernels/diag_scan.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from harness.kernels.assoc_scan import associative_scan, linear_recurrence_scan
 from harness.kernels.diag_scan import diag_scan, diag_scan_chunk
 
 F64, F32 = torch.float64, torch.float32
@@ -16,77 +15,6 @@ TOL = {F64: 1e-10, F32: 2e-4}
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-
-
-# -- associative_scan / linear_recurrence_scan ---------------------------------------------------
-
-
-def _affine(e, l):
-    return (l[0] @ e[0], l[0] @ e[1] + l[1])
-
-
-@pytest.mark.parametrize("T", [1, 2, 7, 16, 33])
-@pytest.mark.parametrize("dtype", [F64, F32])
-def test_associative_scan_matches_fold(T, dtype):
-    g = torch.Generator().manual_seed(T)
-    A = torch.randn(2, T, 3, 4, 4, generator=g, dtype=F64).to(dtype) * 0.5
-    b = torch.randn(2, T, 3, 4, 5, generator=g, dtype=F64).to(dtype)
-    ref = associative_scan((A, b), _affine, dim=1, impl="recurrent")
-    fast = associative_scan((A, b), _affine, dim=1, impl="scan")
-    for r, f in zip(ref, fast, strict=True):
-        assert rel_err(f, r) < TOL[dtype]
-
-
-def test_associative_scan_noncommutative_and_other_dim():
-    # string-like concatenation is associative but not commutative: a prefix of 2x2 products
-    g = torch.Generator().manual_seed(0)
-    M = torch.randn(5, 11, 2, 2, generator=g, dtype=F64)
-    Mt = M.transpose(0, 1)  # scan along dim 0 here
-
-    def mm(e, l):
-        return (l[0] @ e[0],)
-
-    (ref,) = associative_scan((Mt,), mm, dim=0, impl="recurrent")
-    (fast,) = associative_scan((Mt,), mm, dim=0, impl="scan")
-    assert rel_err(fast, ref) < 1e-12
-    expect = Mt[0]
-    for t in range(1, 4):
-        expect = Mt[t] @ expect
-    assert rel_err(ref[3], expect) < 1e-12
-
-
-@pytest.mark.parametrize("impl", ["scan", "recurrent"])
-@pytest.mark.parametrize("complex_", [False, True])
-def test_linear_recurrence_scan(impl, complex_):
-    g = torch.Generator().manual_seed(1)
-    dt = torch.complex128 if complex_ else F64
-    A = torch.randn(2, 13, 2, 3, 3, generator=g, dtype=dt) * 0.4
-    b = torch.randn(2, 13, 2, 3, 4, generator=g, dtype=dt)
-    h0 = torch.randn(2, 2, 3, 4, generator=g, dtype=dt)
-    h_all, hT = linear_recurrence_scan(A, b, h0, impl=impl)
-    h = h0
-    for t in range(13):
-        h = A[:, t] @ h + b[:, t]
-        assert rel_err(h_all[:, t], h) < 1e-10
-    assert rel_err(hT, h) < 1e-10
-
-
-def test_linear_recurrence_scan_gradient():
-    g = torch.Generator().manual_seed(2)
-    A = (torch.randn(1, 6, 1, 2, 2, generator=g, dtype=F64) * 0.5).requires_grad_()
-    b = torch.randn(1, 6, 1, 2, 3, generator=g, dtype=F64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda A, b: linear_recurrence_scan(A, b, impl="scan")[0], (A, b))
-
-
-def test_assoc_scan_bad_inputs():
-    with pytest.raises(ValueError, match="same length"):
-        associative_scan((torch.zeros(2, 3), torch.zeros(2, 4)), lambda e, l: e, dim=1)
-    with pytest.raises(ValueError, match="impl"):
-        associative_scan((torch.zeros(2, 3),), lambda e, l: e, impl="blelloch")
-    with pytest.raises(ValueError, match=r"A \[B, T, H, N, N\]"):
-        linear_recurrence_scan(torch.zeros(1, 2, 1, 3, 4), torch.zeros(1, 2, 1, 3, 2))
-    with pytest.raises(ValueError, match="h0"):
-        linear_recurrence_scan(torch.zeros(1, 2, 1, 3, 3), torch.zeros(1, 2, 1, 3, 2), torch.zeros(1, 3, 2))
 
 
 # -- diag_scan ----------------------------------------------------------------------------------

@@ -182,16 +182,28 @@ def broken_candidates():
 
 
 def test_failures_are_results_and_the_sweep_goes_on(installed_plugin, broken_candidates, tmp_path):
+    """How a sweep treats runs that raise or diverge (the conformance gate, which would stop these
+    two before training, is off here: a conforming candidate can still fail on a task)."""
     store = RecordStore(tmp_path)
     runs = sweep_mod.plan(["test-raises", "test-nan", "toy-ema"], ["toy-last"], "smoke")
-    res = sweep_mod.run_sweep(runs, store, progress=False)
+    res = sweep_mod.run_sweep(runs, store, progress=False, check=False)
     status = {r["candidate"]: r["status"] for r in res.records}
     assert status == {"test-raises": "failed", "test-nan": "diverged", "toy-ema": "ok"}
     failed = next(r for r in res.records if r["status"] == "failed")
     assert "kernel exploded" in failed["error"]
     # failed runs are retried next time, diverged ones are results and reused
-    again = sweep_mod.run_sweep(runs, store, progress=False)
+    again = sweep_mod.run_sweep(runs, store, progress=False, check=False)
     assert again.ran == 1 and again.reused == 2
+
+
+def test_the_gate_keeps_nonconforming_candidates_out_of_training(
+    installed_plugin, broken_candidates, tmp_path
+):
+    store = RecordStore(tmp_path)
+    runs = sweep_mod.plan(["test-raises", "test-nan", "toy-ema"], ["toy-last"], "smoke")
+    res = sweep_mod.run_sweep(runs, store, progress=False)
+    assert sorted(res.nonconforming) == ["test-nan", "test-raises"]
+    assert [r["candidate"] for r in res.records] == ["toy-ema"]
 
 
 def test_cli_exit_code_says_something_failed(installed_plugin, broken_candidates, tmp_path, capsys):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.kernels import resolvent as rv
-from harness.kernels import scan_algorithms as sa
-from harness.kernels import wy_vs_ssd as wy
+from harness.bench.algorithms import resolvent as rv
+from harness.bench.algorithms import scan_algorithms as sa
+from harness.bench.algorithms import wy_vs_ssd as wy
 
 # -- dense linear recurrence ----------------------------------------------------------------------------
 

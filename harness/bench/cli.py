@@ -35,13 +35,6 @@ from harness.results import RecordStore
 _ints = validate.int_list(1, "integers >= 1")
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in flatten_unique([text])]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from e
-
-
 def _names(text: str) -> list[str]:
     return flatten_unique([text])
 

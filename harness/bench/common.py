@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -57,15 +56,6 @@ def resolve_candidates(candidates: Sequence[str] | None = None, group: str | Non
     return names
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch.cuda.is_available() is False on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda, got {device!r}")
-    return dev
-
-
 def candidate_identity(name: str) -> dict[str, Any]:
     """The candidate part of a record identity: name, resolved hyperparameters, source hash."""
     spec = get_candidate(name)
@@ -82,9 +72,6 @@ class RecordWriter:
     def __init__(self, store: RecordStore | None, kind: str, device: torch.device) -> None:
         self.store, self.kind = store, kind
         self.env = environment(device)
-
-    def run_id(self, identity: dict[str, Any]) -> str:
-        return run_id_for(identity)
 
     def cached(self, identity: dict[str, Any], force: bool) -> dict[str, Any] | None:
         """A stored finished record for this identity (status "ok"), unless forced. A record saved
@@ -111,13 +98,6 @@ class RecordWriter:
         if self.store is not None:
             self.store.save(record)
         return record
-
-
-def progress(total: int, desc: str, enabled: bool = True):
-    """A tqdm bar with ETA on stderr on a terminal, summary lines otherwise (``harness.progress``)."""
-    from harness.progress import progress_bar
-
-    return progress_bar(total, desc, enabled=enabled, file=sys.stderr, leave=False)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -48,10 +48,10 @@ from harness.bench.common import (
     dtype_name,
     is_oom,
     parse_dtype,
-    progress,
-    resolve_device,
     short_error,
 )
+from harness.environment import resolve_device
+from harness.progress import bar as progress
 from harness.registry import get_candidate
 from harness.results import RecordStore
 

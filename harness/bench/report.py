@@ -18,9 +18,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.bench.common import parse_dtype
+from harness.bench.measure import fit_exponent
 from harness.bench.numerics import METHOD_VERSION as NUM_VERSION
 from harness.bench.throughput import METHOD_VERSION as TPUT_VERSION
-from harness.bench.timing import fit_exponent
 from harness.environment import device_name as current_device_name
 from harness.registry import RegistryError, get_candidate
 from harness.results import RecordStore, dumps_strict

@@ -1,20 +1,20 @@
 """The ``scans`` family: one recurrence, many algorithms, error and time side by side.
 
 Three families, each with the sequential (or direct) reference run in float64 on the same rounded
-inputs, and each algorithm timed like the throughput benchmark (``harness.bench.timing``):
+inputs, and each algorithm timed like the throughput benchmark (``harness.timing``):
 
 - ``dense`` (seed 026): ``h_t = A_t h_{t-1} + b_t`` with dense N x N ``A_t`` by sequential,
-  Hillis-Steele, Blelloch, chunkwise and cyclic reduction (``harness.kernels.scan_algorithms``).
+  Hillis-Steele, Blelloch, chunkwise and cyclic reduction (``harness.bench.algorithms.scan_algorithms``).
   Inputs: ``A_t = sigma G_t / sqrt(N)``, ``G_t`` standard normal, ``sigma = 0.9`` (products contract
   slowly, as in a stable SSM), ``b_t`` standard normal. Reported with the counts of N x N matrix
   products and matrix-vector products, and speedups over sequential and over Hillis-Steele
   (the "prefix scan" seed 026 compared against).
 - ``resolvent`` (seed 011): the DPLR resolvent solve ``(I - delta_t/2 A)^{-1} x_t`` by a dense solve
-  (reference), Woodbury, and truncated Neumann with k terms (``harness.kernels.resolvent``), on S4's
+  (reference), Woodbury, and truncated Neumann with k terms (``harness.bench.algorithms.resolvent``), on S4's
   HiPPO-LegS matrix (rank 1) at several step sizes, and on a random DPLR matrix. ``rho`` is the largest
   spectral radius of the series' r x r iteration matrix over the tokens: the error goes as rho^(k+1).
 - ``deltanet`` (seed 002): the delta rule by the token loop, naive WY and block-SSD
-  (``harness.kernels.wy_vs_ssd``), L2-normalised keys, ``beta = sigmoid(normal)``.
+  (``harness.bench.algorithms.wy_vs_ssd``), L2-normalised keys, ``beta = sigmoid(normal)``.
 
 Records of kind ``scans``; identity = family, algorithm, its parameters, shape, dtype, the kernel
 source hash, device and thread count, method version.
@@ -33,18 +33,22 @@ import torch
 import torch.nn.functional as F
 
 from harness.bench import common
+from harness.bench.algorithms import resolvent as resolvent_mod
+from harness.bench.algorithms import scan_algorithms as scan_mod
+from harness.bench.algorithms import wy_vs_ssd as wy_mod
 from harness.bench.common import (
     RecordWriter,
     device_identity,
     dtype_name,
     is_oom,
     parse_dtype,
-    progress,
-    resolve_device,
     short_error,
 )
 from harness.bench.numerics import max_abs, rms_ratio
-from harness.bench.timing import (
+from harness.environment import resolve_device
+from harness.progress import bar as progress
+from harness.results import RecordStore
+from harness.timing import (
     check_clock,
     clock_function,
     default_clock,
@@ -54,12 +58,8 @@ from harness.bench.timing import (
     time_cuda,
     time_once,
 )
-from harness.kernels import resolvent as resolvent_mod
-from harness.kernels import scan_algorithms as scan_mod
-from harness.kernels import wy_vs_ssd as wy_mod
-from harness.results import RecordStore
 
-METHOD_VERSION = 2  # 2: the clock is part of the method
+METHOD_VERSION = 3  # 2: the clock is part of the method; 3: samples by the public Timer API
 FAMILIES = ("dense", "resolvent", "deltanet")
 
 

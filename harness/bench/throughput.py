@@ -1,7 +1,7 @@
 """Throughput of candidates: forward, forward+backward, and the per-token decode ``step``.
 
 Over a grid of sequence lengths (and batch, d_model, dtype), each pass of each implementation is
-timed after warmup (see ``harness.bench.timing`` for the method: ``torch.utils.benchmark`` on CPU,
+timed after warmup (see ``harness.timing`` for the method: ``torch.utils.benchmark`` on CPU,
 ``triton.testing.do_bench`` with an L2 flush on CUDA) and reported as median with p20 / p80 per
 call, tokens/s, and the peak extra memory of one call. On CUDA the FLOPs of one call
 (``torch.utils.flop_counter``) give achieved TFLOP/s and the fraction of the device's peak.
@@ -15,16 +15,16 @@ at; spreading each row over many rounds, minutes apart, averages the drift away.
 does the setup (warmup, the time-cap checks, peak memory, the decode state) and times each row with
 its share of the budget; a row then goes on in ``rounds_planned`` rounds: all of them when a call is
 shorter than its share of ``min_run_time`` per round, else ``min_samples`` (one call each) spread
-evenly over the run (``spread_rounds``), so the budget per row does not grow with the rounds. A
-later round warms a row up with one call first when its call is shorter than 0.1 s (longer calls
-hardly notice cold caches). A row's record is saved after its first round, marked incomplete, and
+evenly over the run (``spread_rounds``), so the budget per row does not grow with the rounds. Each
+sample is warmed up by the Timer call that takes it (``harness.timing``), so a later round needs no
+warm-up of its own. A row's record is saved after its first round, marked incomplete, and
 again, complete, after its last; a rerun measures incomplete rows again. The decode ``step`` of a
 growing state (a KV cache) is timed in the first round only, since its state exists only at the
 length it was built to.
 
 Speed probe (CPU): averaging cannot remove the drift of the machine's speed between runs (two
 back-to-back 5-minute runs of the transitions grid differed by 13 % over all rows). So before each
-block of a row's samples a fixed small workload (``timing.speed_probe``) is timed for a few ms, and
+block of a row's samples a fixed small workload (``harness.timing.speed_probe``) is timed for a few ms, and
 ``x_probe`` is the median of the row's samples each divided by the probe time of its block: the
 call's time in probe calls, a unit that moves with the machine. ``median_s`` stays the plain time;
 ``x_probe`` is the number to compare across runs on a shared machine, ``x_base`` (the baseline
@@ -78,17 +78,17 @@ from harness.bench.common import (
     dtype_name,
     is_oom,
     parse_dtype,
-    progress,
-    resolve_device,
     short_error,
 )
-from harness.bench.timing import (
+from harness.bench.measure import count_flops, fit_exponent, peak_memory_bytes, peak_tflops
+from harness.environment import resolve_device
+from harness.mixer import state_bytes
+from harness.progress import bar as progress
+from harness.registry import get_candidate
+from harness.results import RecordStore
+from harness.timing import (
     check_clock,
-    count_flops,
     default_clock,
-    fit_exponent,
-    peak_memory_bytes,
-    peak_tflops,
     runs_on_calling_thread,
     speed_probe,
     stats_from,
@@ -97,13 +97,10 @@ from harness.bench.timing import (
     time_once,
     time_probe,
 )
-from harness.mixer import state_bytes
-from harness.registry import get_candidate
-from harness.results import RecordStore
 
-# 2: the clock is part of the method; 3: samples pooled over rounds; 4: 24 rounds, rows spread
-METHOD_VERSION = 4
-WARMUP_BELOW_S = 0.1  # a later round warms a row up with one call first if its call is shorter
+# 2: the clock is part of the method; 3: samples pooled over rounds; 4: 24 rounds, rows spread;
+# 5: samples by the public Timer API (harness.timing): a block per sample, each warmed up by the Timer
+METHOD_VERSION = 5
 PASSES = ("fwd", "fwd_bwd", "step")
 CPU_SEQ_LENS = (256, 1024, 4096, 8192)
 CPU_ROUNDS = 24
@@ -338,7 +335,7 @@ def _finish(row: dict[str, Any], writer: RecordWriter, identity: dict[str, Any],
 @dataclass
 class _Pool:
     """A row's samples over its rounds: raw per-call seconds, and the same divided by the speed
-    probe timed just before their round's block (see ``timing.speed_probe``)."""
+    probe timed just before their round's block (see ``harness.timing.speed_probe``)."""
 
     samples: list[float]
     relative: list[float]
@@ -447,8 +444,6 @@ class _CandidateRunner:
             row, pool = self.timed[key]
             try:
                 fn, _, _ = self._make_fn(p, impl, T)
-                if row["median_s"] < WARMUP_BELOW_S:
-                    fn()  # the allocator and caches after the other rows ran
                 self._time_block(fn, row["median_s"], row["rounds_planned"], row["clock"], pool)
             except Exception as e:  # keep the earlier rounds' numbers; say why this one is missing
                 row["note_rounds"] = f"round {round_index + 1} failed: {short_error(e)[:120]}"

@@ -257,7 +257,7 @@ def numerics_frame(records: list[dict[str, Any]], candidates: Sequence[str]) -> 
 
 def bench_extra(tput: pd.DataFrame, nums: pd.DataFrame, candidates: Sequence[str]) -> pd.DataFrame | None:
     """The leaderboard's benchmark columns (as ``compare --bench``): tokens/s, time exponent, bf16 error."""
-    from harness.bench.timing import fit_exponent
+    from harness.bench.measure import fit_exponent
 
     if tput.empty and nums.empty:
         return None

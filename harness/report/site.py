@@ -433,7 +433,7 @@ def build_group(name: str, candidates: list[str], store: rd.Store, tier: str, fi
     # scaling
     notes = []
     if not series.empty:
-        from harness.bench.timing import fit_exponent
+        from harness.bench.measure import fit_exponent
 
         data: dict[str, dict] = {}
         exps: dict[str, dict] = {}
