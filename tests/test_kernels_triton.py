@@ -110,3 +110,160 @@ def test_gated_candidate_uses_triton_path_and_matches_reference():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     y.sum().backward()
     assert m.output_gate.gate.weight.grad is not None and torch.isfinite(m.output_gate.gate.weight.grad).all()
+
+
+# -- PD-SSM scan (kernels/pd_scan_triton.py) --
+# Forward and backward against the ``recurrent`` reference (a dense loop), float32, on fresh random
+# inputs; every buffer the kernels write starts as NaN (``_empty`` patched), so an element left
+# unwritten shows. Ragged sizes: T not a multiple of the checkpoint chunk, N not a power of two
+# (padded to the block), P over two value blocks with a partial last one.
+
+from harness.kernels import pd_scan_triton  # noqa: E402
+from harness.kernels.perm_diag_scan import perm_diag_scan  # noqa: E402
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    nan = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
+    monkeypatch.setattr(pd_scan_triton, "_empty", nan)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _fresh(seed):
+    g = torch.Generator().manual_seed(seed)
+    real = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    cplx = lambda *s: torch.complex(real(*s), real(*s))  # noqa: E731
+    return g, real, cplx
+
+
+def _pd_inputs(kind, B, T, H, N, P, idx_kind, seed):
+    """``kind``: "pd-ssm" (the candidate's: complex q, D, h0; real k, v; straight-through P),
+    "real" (a real state, as gs-monomial's), "complex" (every operand complex, no h0, no P)."""
+    g, real, cplx = _fresh(seed)
+    if idx_kind == "perm":  # one level per token
+        idx = torch.stack([torch.randperm(N, generator=g) for _ in range(B * T * H)]).view(B, T, H, N)
+    elif idx_kind == "collapse":  # every column on one row: N levels
+        idx = torch.randint(0, N, (B, T, H, 1), generator=g).expand(B, T, H, N).contiguous()
+    else:
+        idx = torch.randint(0, N, (B, T, H, N), generator=g)
+    idx = idx.to(DEVICE)
+    if kind == "pd-ssm":
+        xs = [cplx(B, T, H, N), real(B, T, H, N), real(B, T, H, P), 0.6 * cplx(B, T, H, N)]
+        return xs + [cplx(B, H, N, P), real(B, T, H, N, N)], idx
+    if kind == "real":
+        xs = [real(B, T, H, N), real(B, T, H, N), real(B, T, H, P), 0.8 * real(B, T, H, N)]
+        return xs + [real(B, H, N, P), real(B, T, H, N, N)], idx
+    xs = [cplx(B, T, H, N), cplx(B, T, H, N), cplx(B, T, H, P), 0.6 * cplx(B, T, H, N)]
+    return xs + [None, None], idx
+
+
+def _pd_run(impl, inputs, idx, chunk, block_p, seed):
+    leaves = [None if x is None else x.clone().requires_grad_(True) for x in inputs]
+    q, k, v, D, h0, Ps = leaves
+    if impl == "triton":
+        o, hT = pd_scan_triton.pd_scan_triton(q, k, v, idx, D, h0, chunk, Ps, block_p=block_p)
+    else:
+        o, hT = perm_diag_scan(q, k, v, idx, D, h0, impl=impl, P_ste=Ps)
+    g = torch.Generator().manual_seed(seed + 100)
+    w_o = torch.randn(o.shape, generator=g).to(DEVICE)
+    w_h = torch.randn(hT.shape, generator=g, dtype=hT.dtype).to(DEVICE)
+    ((o * w_o).sum() + (hT * w_h.conj()).real.sum()).backward()
+    return [o.detach(), hT.detach()] + [None if x is None else x.grad for x in leaves]
+
+
+PD_CASES = [  # kind, (B, T, H, N, P), chunk, block_p, idx
+    ("pd-ssm", (1, 7, 2, 5, 20), 3, 16, "random"),  # T % chunk != 0, N = 5, P over 2 blocks (16 + 4)
+    ("pd-ssm", (2, 6, 1, 16, 16), 4, 64, "perm"),
+    ("pd-ssm", (1, 5, 1, 6, 3), 8, 64, "collapse"),  # chunk > T, every column onto one row
+    ("real", (1, 9, 1, 7, 5), 4, 64, "random"),
+    ("complex", (2, 5, 1, 3, 18), 2, 16, "random"),
+]
+
+
+@pytest.mark.parametrize("kind,shape,chunk,block_p,idx_kind", PD_CASES)
+def test_pd_scan_triton_matches_recurrent_forward_and_backward(
+    poisoned, kind, shape, chunk, block_p, idx_kind
+):
+    seed = sum(shape) * 7 + len(kind)
+    inputs, idx = _pd_inputs(kind, *shape, idx_kind, seed)
+    ref = _pd_run("recurrent", inputs, idx, chunk, block_p, seed)
+    out = _pd_run("triton", inputs, idx, chunk, block_p, seed)
+    names = ["o", "h_T", "dq", "dk", "dv", "dD", "dh0", "dP"]
+    for name, r, a in zip(names, ref, out):
+        if r is None:
+            assert a is None, name
+            continue
+        assert a.dtype == r.dtype and a.shape == r.shape, name
+        assert torch.isfinite(a).all(), f"{name}: unwritten (NaN-poisoned) elements"
+        assert _rel(a, r) < 2e-5, f"{name}: rel err {_rel(a, r):.2e}"
+
+
+def test_pd_scan_triton_dispatch_and_no_grad_forward(poisoned):
+    inputs, idx = _pd_inputs("pd-ssm", 1, 6, 1, 4, 5, "random", 3)
+    q, k, v, D, h0, _ = inputs
+    o_ref, h_ref = perm_diag_scan(q, k, v, idx, D, h0, impl="recurrent")
+    with torch.no_grad():  # no checkpoints saved
+        o, h = perm_diag_scan(q, k, v, idx, D, h0, impl="triton", chunk_size=4)
+    assert _rel(o, o_ref) < 2e-5 and _rel(h, h_ref) < 2e-5
+    with pytest.raises(RuntimeError, match="float32 / complex64"):
+        perm_diag_scan(
+            q.to(torch.complex128), k.double(), v.double(), idx, D.to(torch.complex128), impl="triton"
+        )
+    with pytest.raises(ValueError, match="auto, recurrent, scan, triton"):
+        perm_diag_scan(q, k, v, idx, D, impl="cuda")
+
+
+def test_pd_triton_reads_strided_inputs(poisoned):
+    """Inputs in a [B, H, T, ...] memory layout seen as [B, T, H, ...] (no copies in the kernels)."""
+    g, real, _ = _fresh(4)
+    B, T, H, N, P = 2, 5, 3, 4, 6
+    mk = lambda *s: real(B, H, T, *s).transpose(1, 2)  # noqa: E731
+    q, D = torch.complex(mk(N), mk(N)), 0.5 * torch.complex(mk(N), mk(N))
+    k, v = mk(N), mk(P)
+    idx = torch.randint(0, N, (B, H, T, N), generator=g).to(DEVICE).transpose(1, 2)
+    assert not q.is_contiguous()
+    for a, r in zip(
+        perm_diag_scan(q, k, v, idx, D, impl="triton"), perm_diag_scan(q, k, v, idx, D, impl="recurrent")
+    ):
+        assert _rel(a, r) < 2e-5
+
+
+def test_auto_never_picks_triton_on_cpu_and_is_bit_identical():
+    """CPU tensors (even with the interpreter on) take the torch path by default, bit for bit."""
+    if DEVICE != "cpu":
+        pytest.skip("CPU dispatch")
+    inputs, idx = _pd_inputs("pd-ssm", 1, 9, 2, 4, 3, "random", 5)
+    q, k, v, D, h0, _ = inputs
+    assert not pd_scan_triton.use_triton_by_default(q, k, v, idx, D, h0)
+    for a, b in zip(perm_diag_scan(q, k, v, idx, D, h0), perm_diag_scan(q, k, v, idx, D, h0, impl="scan")):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["pd-ssm"])
+def test_candidates_take_the_triton_path_where_auto_selects_it(monkeypatch, name):
+    """The candidates' CUDA path, forced onto the interpreter: same output and parameter gradients."""
+    from harness import get_candidate
+
+    torch.manual_seed(0)
+    m = get_candidate(name).build(32).to(DEVICE)
+    x = torch.randn(2, 5, 32, device=DEVICE)
+    calls = []
+    for mod, fn in ((pd_scan_triton, "pd_scan_triton"),):
+        kernel = getattr(mod, fn)
+        monkeypatch.setattr(mod, fn, lambda *a, _k=kernel, **kw: calls.append(1) or _k(*a, **kw))
+    runs = []
+    for forced in (False, True):
+        monkeypatch.setattr(pd_scan_triton, "use_triton_by_default", lambda *t, f=forced: f)
+        m.zero_grad()
+        y = m(x)
+        y.square().sum().backward()
+        runs.append((y.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        assert len(calls) == int(forced), "auto must take the kernel exactly when it is selected"
+    (y_ref, g_ref), (y, g) = runs
+    assert _rel(y, y_ref) < 2e-5
+    assert g.keys() == g_ref.keys()
+    for n in g_ref:
+        assert _rel(g[n], g_ref[n]) < 1e-4, n
