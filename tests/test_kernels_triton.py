@@ -112,13 +112,14 @@ def test_gated_candidate_uses_triton_path_and_matches_reference():
     assert m.output_gate.gate.weight.grad is not None and torch.isfinite(m.output_gate.gate.weight.grad).all()
 
 
-# -- PD-SSM scan (kernels/pd_scan_triton.py) --
-# Forward and backward against the ``recurrent`` reference (a dense loop), float32, on fresh random
+# -- PD-SSM scan (kernels/pd_scan_triton.py) and Fourier circulant scan (kernels/fourier_scan_triton.py) --
+# Forward and backward against the ``recurrent`` references (dense loops), float32, on fresh random
 # inputs; every buffer the kernels write starts as NaN (``_empty`` patched), so an element left
-# unwritten shows. Ragged sizes: T not a multiple of the checkpoint chunk, N not a power of two
+# unwritten shows. Ragged sizes: T not a multiple of the checkpoint chunk, N / F not a power of two
 # (padded to the block), P over two value blocks with a partial last one.
 
-from harness.kernels import pd_scan_triton  # noqa: E402
+from harness.kernels import fourier_scan_triton, pd_scan_triton  # noqa: E402
+from harness.kernels.fourier import circulant_scan  # noqa: E402
 from harness.kernels.perm_diag_scan import perm_diag_scan  # noqa: E402
 
 
@@ -126,6 +127,7 @@ from harness.kernels.perm_diag_scan import perm_diag_scan  # noqa: E402
 def poisoned(monkeypatch):
     nan = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
     monkeypatch.setattr(pd_scan_triton, "_empty", nan)
+    monkeypatch.setattr(fourier_scan_triton, "_empty", nan)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -216,7 +218,59 @@ def test_pd_scan_triton_dispatch_and_no_grad_forward(poisoned):
         perm_diag_scan(q, k, v, idx, D, impl="cuda")
 
 
-def test_pd_triton_reads_strided_inputs(poisoned):
+def _circ_inputs(B, T, H, N, P, nblk, seed):
+    g, real, _ = _fresh(seed)
+    nb = N // nblk // 2 + 1
+    mag = (0.3 + 0.7 * torch.rand(B, T, H, nblk, nb, generator=g)).to(DEVICE)
+    phase = 3 * real(B, T, H, nblk, nb)  # deliberately not real on the self-conjugate bins
+    return real(B, T, H, N), real(B, T, H, N), real(B, T, H, P), mag, phase, real(B, H, N, P)
+
+
+CIRC_CASES = [  # (B, T, H, N, P), n_blocks, chunk, block_p, eigenvalues, initial state
+    ((1, 7, 2, 12, 20), 2, 3, 16, "pair", True),  # b = 6: F = 8; P over 2 blocks
+    ((2, 5, 1, 9, 5), 3, 2, 64, "complex", True),  # b = 3 (odd: one self-conjugate bin), F = 6
+    ((1, 6, 1, 16, 8), 1, 8, 64, "complex", False),  # chunk > T, F = 9
+]
+
+
+@pytest.mark.parametrize("shape,nblk,chunk,block_p,lam_kind,with_h0", CIRC_CASES)
+def test_fourier_scan_triton_matches_recurrent_forward_and_backward(
+    poisoned, shape, nblk, chunk, block_p, lam_kind, with_h0
+):
+    q, k, v, mag, phase, h0 = _circ_inputs(*shape, nblk, seed=sum(shape) + nblk)
+    results = []
+    for impl in ("recurrent", "triton"):
+        leaves = [x.clone().requires_grad_(True) for x in (q, k, v, mag, phase, h0)]
+        lam = (leaves[3], leaves[4]) if lam_kind == "pair" else torch.polar(leaves[3], leaves[4])
+        init = leaves[5] if with_h0 else None
+        if impl == "triton":
+            o, hT = fourier_scan_triton.circulant_scan_triton(*leaves[:3], lam, init, chunk, block_p=block_p)
+        else:
+            o, hT = circulant_scan(*leaves[:3], lam, init, impl="recurrent")
+        g = torch.Generator().manual_seed(7)
+        w_o, w_h = (torch.randn(t.shape, generator=g).to(DEVICE) for t in (o, hT))
+        ((o * w_o).sum() + (hT * w_h).sum()).backward()
+        grads = [x.grad for x in leaves[: 5 + with_h0]]
+        results.append([o.detach(), hT.detach(), *grads])
+    names = ["o", "h_T", "dq", "dk", "dv", "dmag", "dphase", "dh0"]
+    for name, r, a in zip(names, *results):
+        assert a.dtype == r.dtype == torch.float32 and a.shape == r.shape, name
+        assert torch.isfinite(a).all(), f"{name}: unwritten (NaN-poisoned) elements"
+        assert _rel(a, r) < 2e-5, f"{name}: rel err {_rel(a, r):.2e}"
+
+
+def test_fourier_scan_triton_half_inputs_and_errors(poisoned):
+    q, k, v, mag, phase, _ = _circ_inputs(1, 6, 1, 8, 4, 1, seed=2)
+    o_ref, _ = circulant_scan(q, k, v, (mag, phase), impl="recurrent")
+    o, h = circulant_scan(q.half(), k.half(), v.half(), (mag, phase), impl="triton", chunk_size=4)
+    assert o.dtype == h.dtype == torch.float16 and float((o.float() - o_ref).norm() / o_ref.norm()) < 5e-3
+    with pytest.raises(RuntimeError, match="float32"):
+        circulant_scan(q.double(), k.double(), v.double(), (mag.double(), phase.double()), impl="triton")
+    with pytest.raises(ValueError, match="auto, chunk, recurrent, triton"):
+        circulant_scan(q, k, v, (mag, phase), impl="fft")
+
+
+def test_pd_and_fourier_triton_read_strided_inputs(poisoned):
     """Inputs in a [B, H, T, ...] memory layout seen as [B, T, H, ...] (no copies in the kernels)."""
     g, real, _ = _fresh(4)
     B, T, H, N, P = 2, 5, 3, 4, 6
@@ -229,10 +283,14 @@ def test_pd_triton_reads_strided_inputs(poisoned):
         perm_diag_scan(q, k, v, idx, D, impl="triton"), perm_diag_scan(q, k, v, idx, D, impl="recurrent")
     ):
         assert _rel(a, r) < 2e-5
+    lam = (0.3 + 0.7 * torch.rand(B, H, T, 1, 3, generator=g).to(DEVICE).transpose(1, 2), mk(1, 3))
+    out = circulant_scan(k, 2 * k, v, lam, impl="triton")
+    for a, r in zip(out, circulant_scan(k, 2 * k, v, lam, impl="recurrent")):
+        assert _rel(a, r) < 2e-5
 
 
 def test_auto_never_picks_triton_on_cpu_and_is_bit_identical():
-    """CPU tensors (even with the interpreter on) take the torch path by default, bit for bit."""
+    """CPU tensors (even with the interpreter on) take the torch paths by default, bit for bit."""
     if DEVICE != "cpu":
         pytest.skip("CPU dispatch")
     inputs, idx = _pd_inputs("pd-ssm", 1, 9, 2, 4, 3, "random", 5)
@@ -240,9 +298,14 @@ def test_auto_never_picks_triton_on_cpu_and_is_bit_identical():
     assert not pd_scan_triton.use_triton_by_default(q, k, v, idx, D, h0)
     for a, b in zip(perm_diag_scan(q, k, v, idx, D, h0), perm_diag_scan(q, k, v, idx, D, h0, impl="scan")):
         assert torch.equal(a, b)
+    q, k, v, mag, phase, h0 = _circ_inputs(1, 9, 2, 8, 3, 1, seed=5)
+    assert not fourier_scan_triton.use_triton_by_default(q, k, v, mag, phase, h0)
+    auto = circulant_scan(q, k, v, (mag, phase), h0)
+    for a, b in zip(auto, circulant_scan(q, k, v, (mag, phase), h0, impl="chunk")):
+        assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["pd-ssm"])
+@pytest.mark.parametrize("name", ["pd-ssm", "circulant", "cayley-circulant"])
 def test_candidates_take_the_triton_path_where_auto_selects_it(monkeypatch, name):
     """The candidates' CUDA path, forced onto the interpreter: same output and parameter gradients."""
     from harness import get_candidate
@@ -251,12 +314,13 @@ def test_candidates_take_the_triton_path_where_auto_selects_it(monkeypatch, name
     m = get_candidate(name).build(32).to(DEVICE)
     x = torch.randn(2, 5, 32, device=DEVICE)
     calls = []
-    for mod, fn in ((pd_scan_triton, "pd_scan_triton"),):
+    for mod, fn in ((pd_scan_triton, "pd_scan_triton"), (fourier_scan_triton, "circulant_scan_triton")):
         kernel = getattr(mod, fn)
         monkeypatch.setattr(mod, fn, lambda *a, _k=kernel, **kw: calls.append(1) or _k(*a, **kw))
     runs = []
     for forced in (False, True):
         monkeypatch.setattr(pd_scan_triton, "use_triton_by_default", lambda *t, f=forced: f)
+        monkeypatch.setattr(fourier_scan_triton, "use_triton_by_default", lambda *t, f=forced: f)
         m.zero_grad()
         y = m(x)
         y.square().sum().backward()
