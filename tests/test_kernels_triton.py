@@ -331,3 +331,19 @@ def test_candidates_take_the_triton_path_where_auto_selects_it(monkeypatch, name
     assert g.keys() == g_ref.keys()
     for n in g_ref:
         assert _rel(g[n], g_ref[n]) < 1e-4, n
+
+
+def test_gpu_kernels_check_dry_run():
+    """scripts/gpu-kernels-check --dry-run: its correctness part and the timing code path, on CPU under
+    the interpreter at a tiny shape (what a GPU session runs in full with one command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu-kernels-check"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run(
+        [sys.executable, str(script), "--dry-run"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "FAIL" not in run.stdout and " ok " in run.stdout and "pd       triton" in run.stdout
