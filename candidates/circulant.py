@@ -79,7 +79,8 @@ class _CirculantBase(TransitionMixer):
         return self.n_heads * fourier.token_cost(self.d_state, self.head_dim, self.n_blocks)
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        o, _ = circulant_scan(q, k, v, self.eigenvalues(x), impl="chunk", chunk_size=self.chunk_size)
+        # "auto": the Triton kernel on CUDA (kernels/fourier_scan_triton.py), the torch chunk form elsewhere
+        o, _ = circulant_scan(q, k, v, self.eigenvalues(x), impl="auto", chunk_size=self.chunk_size)
         return o.to(x.dtype)
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):

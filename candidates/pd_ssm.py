@@ -95,7 +95,8 @@ class PDSSMMixer(TransitionMixer):
 
     def mix(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         idx, D, P_soft, qc = self.transition(x, q)
-        o, _ = perm_diag_scan(qc, k, v, idx, D, impl="scan", chunk_size=self.chunk_size, P_ste=P_soft)
+        # "auto": the Triton kernel on CUDA (kernels/pd_scan_triton.py), the torch scan elsewhere
+        o, _ = perm_diag_scan(qc, k, v, idx, D, impl="auto", chunk_size=self.chunk_size, P_ste=P_soft)
         return o
 
     def mix_step(self, x_t: Tensor, q: Tensor, k: Tensor, v: Tensor, state):

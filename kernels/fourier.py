@@ -43,9 +43,11 @@ import math
 import torch
 from torch import Tensor
 
+from . import fourier_scan_triton
 from .diag_scan import diag_scan
 
 IMPLS = ("chunk", "recurrent")
+SCAN_IMPLS = ("auto", *IMPLS, "triton")  # circulant_scan's; "auto": the Triton kernel on CUDA, else chunk
 
 
 def n_bins(n: int) -> int:
@@ -155,16 +157,22 @@ def circulant_scan(
     v: Tensor,
     lam: Eigenvalues,
     initial_state: Tensor | None = None,
-    impl: str = "chunk",
+    impl: str = "auto",
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """Returns ``(o [B, T, H, P], final_state [B, H, N, P])`` (real); see the module docstring."""
     nblk, b = _check(q, k, v, lam, initial_state)
+    if impl == "auto":  # the Triton kernel (kernels/fourier_scan_triton.py) on CUDA if it applies; CPU: chunk
+        lams = lam if isinstance(lam, tuple) else (lam,)
+        on_gpu = fourier_scan_triton.use_triton_by_default(q, k, v, *lams, initial_state)
+        impl = "triton" if on_gpu else "chunk"
+    if impl == "triton":
+        return fourier_scan_triton.circulant_scan_triton(q, k, v, lam, initial_state, chunk_size)
     if impl == "recurrent":
         return circulant_scan_recurrent(q, k, v, lam, initial_state)
     if impl == "chunk":
         return circulant_scan_chunk(q, k, v, lam, initial_state, chunk_size)
-    raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
+    raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(SCAN_IMPLS)}")
 
 
 def circulant_scan_recurrent(

@@ -32,9 +32,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import pd_scan_triton
 from .dense_scan import Trans, chunk_layout, to_chunks, upsweep
 
 IMPLS = ("recurrent", "scan")
+SCAN_IMPLS = ("auto", *IMPLS, "triton")  # perm_diag_scan's; "auto": the Triton kernel on CUDA, else scan
 
 
 def pd_compose(later: Trans, earlier: Trans) -> Trans:
@@ -374,7 +376,7 @@ def perm_diag_scan(
     idx: Tensor,
     D: Tensor,
     initial_state: Tensor | None = None,
-    impl: str = "scan",
+    impl: str = "auto",
     chunk_size: int = 64,
     P_ste: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -387,6 +389,11 @@ def perm_diag_scan(
     B, T, H, N = q.shape
     P = v.shape[-1]
     _check(idx, D, B, T, H, N, P, initial_state, P_ste)
+    if impl == "auto":  # the Triton kernel (kernels/pd_scan_triton.py) on CUDA where it applies; CPU: scan
+        on_gpu = pd_scan_triton.use_triton_by_default(q, k, v, idx, D, initial_state, P_ste)
+        impl = "triton" if on_gpu else "scan"
+    if impl == "triton":
+        return pd_scan_triton.pd_scan_triton(q, k, v, idx, D, initial_state, chunk_size, P_ste)
     if impl == "recurrent":
         b = _hm(k)[..., :, None] * _hm(v)[..., None, :]
         P_m = None if P_ste is None else _hm(P_ste)
@@ -406,7 +413,7 @@ def perm_diag_scan(
         o, h_T = _PDScan.apply(_hm(q), _hm(k), _hm(v), _hm(idx), _hm(D).to(dtype), h0T, P_m, chunk_size, B)
         h_T = h_T.mT.reshape(B, H, N, P)
     else:
-        raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(IMPLS)}")
+        raise ValueError(f"unknown impl {impl!r}; allowed: {', '.join(SCAN_IMPLS)}")
     return o.unflatten(0, (B, H)).transpose(1, 2), h_T
 
 
