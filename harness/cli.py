@@ -352,7 +352,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     device = validate.check_device(args.device)
     candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
-    _check_run_inputs(candidates, tasks, args.tier, {}, {}, {})
+    task_sets = parse_sets(args.task_set, "--task-set")
+    if task_sets and len(tasks) != 1:
+        raise CLIError(
+            f"--task-set sets one task's config: give exactly one task with --tasks (got {', '.join(tasks)})"
+        )
+    _check_run_inputs(candidates, tasks, args.tier, {}, task_sets, {})
     n_seeds, lrs = args.seeds, args.lrs
     if args.look:
         if n_seeds not in (None, 1):
@@ -367,6 +372,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lrs=lrs,
         device=device,
         scheme=args.lr_search,
+        task_overrides={tasks[0]: task_sets} if task_sets else None,
     )
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs()
@@ -691,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--lrs",
                 type=validate.number_list(0.0, "learning rates"),
                 help="comma-separated learning rates (default: the tier's grid)",
+            )
+            p.add_argument(
+                "--task-set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override the task's config (one task only, e.g. --tasks s5 --task-set n_objects=3); "
+                "the leaderboard then scores these runs, not the default config's",
             )
             p.add_argument(
                 "--lr-search",
