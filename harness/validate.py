@@ -526,7 +526,7 @@ def device_arg(auto: bool = False, index: bool = True) -> Callable[[str], str]:
         )
         hint = f"; did you mean {close[0]!r}?" if close and close[0] != text else ""
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a device the harness runs on; allowed: {', '.join(forms)}{hint}"
+            f"{text!r} is not a device this command takes; allowed: {', '.join(forms)}{hint}"
         )
 
     parse.__name__ = "device"
