@@ -21,11 +21,12 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from harness.options import BOARD_FORMATS
 from harness.reference import TaskReference, reference_for
 from harness.results import dumps_strict
 from harness.scoring import Cell, cells, clearly_better, column_flags, task_ranks
 
-FORMATS = ("table", "markdown", "csv", "json", "html")
+FORMATS = BOARD_FORMATS
 
 
 def select_records(
