@@ -170,15 +170,14 @@ def _tasks_arg(args: argparse.Namespace) -> list[str]:
 
 
 def _compare_candidates(args: argparse.Namespace, command: str = "compare") -> list[str]:
-    if args.candidates is not None and args.group:
-        raise CLIError(
-            "--group and --candidates both given; give one (--baselines adds names to a group's board)"
-        )
+    """The baselines, then ``--candidates``, then the members of ``--group``: both together put
+    your candidates on a group's board (``--candidates my-mixer --group transitions``)."""
+    names: list[str] = []
     if args.candidates is not None:
-        names = validate.name_list("--candidates", args.candidates)
-    elif args.group:
-        names = group_members(args.group)
-    else:
+        names += validate.name_list("--candidates", args.candidates)
+    if args.group:
+        names += group_members(args.group)
+    if args.candidates is None and not args.group:
         raise CLIError(f"{command} needs --group G or --candidates A,B")
     baselines = validate.name_list("--baselines", args.baselines, allow_empty=True)
     ordered = list(dict.fromkeys([*baselines, *names]))

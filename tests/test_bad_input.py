@@ -107,10 +107,10 @@ CASES: list[Case] = [
         ["--tasks", "names nothing"],
     ),
     Case(
-        "group-and-candidates",
-        "compare --group attention --candidates softmax --tier smoke --results-dir {res}",
+        "group-and-candidates-unknown",
+        "compare --group attention --candidates sofmax --tier smoke --results-dir {res}",
         2,
-        ["--group and --candidates both given"],
+        ["unknown candidate 'sofmax'", "'softmax'"],
     ),
     Case(
         "compare-no-selection",
