@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -404,7 +405,11 @@ class RayExecutor:
                 out.set_result(f.result())
                 self._where.forget.remote(key)
             except BaseException as e:  # a Ray error: the worker or its node died, or cancelled
-                out.set_result(self._ray_failure(key, e))
+                # asking the actor where it ran is a Ray call: not on Ray's callback thread
+                failure = e
+                threading.Thread(
+                    target=lambda: out.set_result(self._ray_failure(key, failure)), daemon=True
+                ).start()
 
         inner.add_done_callback(done)
         return out
@@ -417,13 +422,14 @@ class RayExecutor:
         if isinstance(e, exc.RayTaskError):  # an exception in our task code (a bug): say it plainly
             return Outcome(error=f"{type(e.cause).__name__ if e.cause else 'error'}: {text[:300]}")
         try:
-            host, node_id, pid = self._ray.get(self._where.lookup.remote(key), timeout=10) or (
-                None,
-                None,
-                None,
-            )
+            where = self._ray.get(self._where.lookup.remote(key), timeout=10)
         except Exception:  # the actor's node is gone too: the node stays unknown
-            host, node_id, pid = None, None, None
+            where = None
+        host, node_id, pid = where or (None, None, None)
+        if node_id is None:  # Ray's own message names the node that died
+            m = re.search(r"Node IP: ([^,\s]+), node ID: ([0-9a-f]+)", str(e))
+            if m:
+                host, node_id = m.group(1), m.group(2)
         crash = {
             "executor": "ray",
             "node": host,
@@ -432,7 +438,7 @@ class RayExecutor:
             "signal": None,
             "signal_name": None,
             "exit_code": None,
-            "detail": f"the Ray worker running it died ({type(e).__name__}: {text[:300]})",
+            "detail": f"the Ray worker running it died ({type(e).__name__}: {text.split('. ')[0][:200]})",
         }
         return Outcome(crash=crash)
 
