@@ -275,7 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.sweep import plan, run_sweep
 
     store = _store(args, then="; its run is redone")
-    device = validate.check_device(args.device)
+    device = validate.check_device(args.device, local=args.executor == "local")
     hparams = parse_sets(args.set, "--set")
     task_sets = parse_sets(args.task_set, "--task-set")
     train_sets = _check_run_inputs(
@@ -360,7 +360,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     store = _store(args, then="; its run is redone")
     validate.check_output_file(args.output)
-    device = validate.check_device(args.device)
+    device = validate.check_device(args.device, local=args.executor == "local")
     options = validate.check_executor(
         args.executor, device, args.address, args.cpus_per_run, args.gpus_per_run
     )

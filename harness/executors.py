@@ -365,6 +365,14 @@ class RayExecutor:
                     "or leave --address out to start a local one"
                 ) from None
             self._started = True
+        if self.gpus_per_run and not ray.cluster_resources().get("GPU"):
+            from harness.validate import UsageError
+
+            self.close()
+            raise UsageError(
+                f"--gpus-per-run {self.gpus_per_run:g}: the Ray cluster has no GPUs "
+                f"(its resources: {', '.join(sorted(ray.cluster_resources()))})"
+            )
         self._remote = ray.remote(_ray_task)
         self._options = {
             "num_cpus": self.cpus_per_run,

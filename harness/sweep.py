@@ -386,21 +386,18 @@ def run_sweep(
             "--force tries them again)",
             file=sys.stderr,
         )
-    bar = progress_bar(
-        max(total - result.reused, 0), "runs", enabled=progress and bool(len(queue)), unit="run"
-    )
     if not len(queue):
-        bar.close()
         return result
+    ex = make_executor(
+        executor, jobs, lambda run: execute(run), **(executor_options or {})
+    )  # a lambda: tests patch ``execute``
+    bar = progress_bar(max(total - result.reused, 0), "runs", enabled=progress, unit="run")
 
     def shrink_bar(n: int) -> None:  # runs found stored: fewer left to train
         if n:
             bar.total = max(bar.total - n, bar.n)
             bar.refresh()
 
-    ex = make_executor(
-        executor, jobs, lambda run: execute(run), **(executor_options or {})
-    )  # a lambda: tests patch ``execute``
     inflight: dict[Future, tuple[ResolvedRun, Any]] = {}
     waiting: dict[str, ResolvedRun] = {}  # runs another sweep on this store is training
 

@@ -497,8 +497,10 @@ def check_task_settings(task: str, tier: str, overrides: dict[str, Any], flag: s
 DEVICE_KINDS = ("cpu", "cuda")
 
 
-def check_device(text: str, flag: str = "--device") -> str:
-    """A device this machine has: ``cpu``, ``cuda`` or ``cuda:N``."""
+def check_device(text: str, flag: str = "--device", local: bool = True) -> str:
+    """A device this machine has: ``cpu``, ``cuda`` or ``cuda:N``. With ``local=False`` (runs on a
+    Ray cluster, whose nodes have the GPUs) only the form is checked: ``cpu`` or ``cuda`` (Ray gives
+    each run its GPU as ``cuda``)."""
     import torch
 
     try:
@@ -511,6 +513,13 @@ def check_device(text: str, flag: str = "--device") -> str:
         raise UsageError(
             f"{flag} {text!r}: the harness runs on {' or '.join(DEVICE_KINDS)}, not {dev.type!r}"
         )
+    if not local:
+        if dev.type == "cuda" and dev.index is not None:
+            raise UsageError(
+                f"{flag} {text}: with --executor ray give --device cuda; Ray gives each run its GPU(s), "
+                "which the run sees as cuda"
+            )
+        return text
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(

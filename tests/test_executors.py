@@ -318,3 +318,51 @@ def test_ray_two_node_cluster_survives_losing_a_node(fault_plugin, tmp_path, mon
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+# -- flags --------------------------------------------------------------------------------------------
+FLAG_CASES = [
+    ("--address auto", "--address auto: only with --executor ray"),
+    ("--cpus-per-run 2", "--cpus-per-run 2.0: only with --executor ray"),
+    ("--gpus-per-run 1.5", "a fraction in (0, 1]"),
+    ("--retries -1", "an integer >= 0"),
+    ("--executor ray --device cuda:1", "give --device cuda"),
+    ("--executor dask", "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("flags,words", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
+def test_executor_flags_are_checked_before_anything_runs(flags, words, tmp_path, capsys):
+    from harness.cli import main
+
+    res = tmp_path / "res"
+    argv = [
+        "compare",
+        "--candidates",
+        "softmax",
+        "--baselines",
+        "",
+        "--tier",
+        "smoke",
+        "--results-dir",
+        str(res),
+    ]
+    rc = main([*argv, *flags.split()])
+    out, err = capsys.readouterr()
+    assert rc == 2 and words in err, err
+    assert not res.exists() or not list(res.rglob("*.json"))
+
+
+def test_ray_flags_need_ray_or_a_gpu(tmp_path, capsys):
+    from harness.cli import main
+
+    argv = ["compare", "--candidates", "softmax", "--baselines", "", "--tier", "smoke"]
+    rc = main([*argv, "--results-dir", str(tmp_path), "--executor", "ray", "--gpus-per-run", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        assert "pip install 'mixer-harness[ray]'" in err
+    else:
+        assert "--gpus-per-run 0.5 with --device cpu" in err
