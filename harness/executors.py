@@ -172,19 +172,20 @@ class Supervised:
             self.stop()
         if self.proc is None:
             self._start()
+        proc, conn = self.proc, self.conn  # ``stop`` from another thread may clear them meanwhile
         try:
-            self.conn.send((spec, paths))
-            wait([self.conn, self.proc.sentinel])
-            kind, value = self.conn.recv()  # a dead child: EOFError (its pipe closed with it)
-        except (EOFError, OSError, BrokenPipeError):
-            return Outcome(crash=self._died())
+            conn.send((spec, paths))
+            wait([conn, proc.sentinel])
+            kind, value = conn.recv()  # a dead child: EOFError (its pipe closed with it)
+        except (EOFError, OSError):
+            return Outcome(crash=self._died(proc))
         return Outcome(record=value) if kind == "record" else Outcome(error=value)
 
-    def _died(self) -> dict[str, Any]:
-        proc = self.proc
+    def _died(self, proc) -> dict[str, Any]:
         proc.join(timeout=10)
         code = proc.exitcode
-        self.proc, self.conn = None, None
+        if self.proc is proc:
+            self.proc, self.conn = None, None
         crash = {
             "executor": self.executor,
             "node": socket.gethostname(),
