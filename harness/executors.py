@@ -326,6 +326,24 @@ def import_ray():
     return ray
 
 
+def connect_ray(address: str):
+    """Join the Ray cluster at ``address`` (``auto``, ``host:port``), or a ``UsageError`` saying
+    there is none; ``ray``. Called while the flags are checked, so nothing runs before it."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except ConnectionError as e:
+        from harness.validate import UsageError
+
+        raise UsageError(
+            f"--address {address}: no Ray cluster there ({str(e).split('. ')[0]}); start one with "
+            "`ray start --head`, or leave --address out to start a local one"
+        ) from None
+    return ray
+
+
 @dataclass
 class RayExecutor:
     """Ray core tasks on an existing cluster (``address``) or a local one started here."""
@@ -345,27 +363,14 @@ class RayExecutor:
         ray = import_ray()
         self._ray = ray
         if not ray.is_initialized():
-            kw: dict[str, Any] = {
-                "logging_level": logging.ERROR,
-                "log_to_driver": False,
-                "include_dashboard": False,
-            }
             if self.address:
-                kw = {"address": self.address, "logging_level": logging.ERROR, "log_to_driver": False}
+                connect_ray(self.address)
             else:
-                kw.update(num_cpus=self.num_cpus or os.cpu_count() or 1)
+                kw: dict[str, Any] = {"num_cpus": self.num_cpus or os.cpu_count() or 1}
                 if self.num_gpus is not None:
                     kw["num_gpus"] = self.num_gpus
-            try:
-                ray.init(**kw)
-            except ConnectionError as e:
-                from harness.validate import UsageError
-
-                raise UsageError(
-                    f"--address {self.address}: no Ray cluster there ({e}); start one with `ray start --head`, "
-                    "or leave --address out to start a local one"
-                ) from None
-            self._started = True
+                ray.init(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False, **kw)
+                self._started = True  # a cluster of this command's own: stopped at the end
         if self.gpus_per_run and not ray.cluster_resources().get("GPU"):
             from harness.validate import UsageError
 

@@ -594,6 +594,9 @@ def check_executor(
     if address is not None:
         if not address.strip():
             raise UsageError("--address '' is empty; give a cluster address (host:port) or auto")
+        from harness.executors import connect_ray
+
+        connect_ray(address)  # a cluster that is not there is a usage error before anything runs
         options["address"] = address
     return options
 
