@@ -205,6 +205,33 @@ def test_kill_9_of_one_worker_from_outside(fault_plugin, tmp_path, monkeypatch):
     assert set(_statuses(store).values()) == {"ok"}
 
 
+@pytest.mark.slow  # ~40 s here
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds worker processes through /proc")
+def test_kill_9_of_the_whole_sweep_loses_nothing_and_leaves_no_workers(fault_plugin, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_TEST_SLOW_S", "0.3")
+    res = tmp_path / "res"
+    proc = _compare(res, "--seeds", "4", "--jobs", "2", "--quiet")
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and proc.poll() is None:
+        workers = [p for p in _children(proc.pid) if "spawn_main" in _cmdline(p)]
+        if list((res / "runs" / "train").glob("*.json")) and workers:
+            break
+        time.sleep(0.1)
+    assert workers, "no workers seen"
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{p}/cmdline").exists() and _cmdline(p) for p in workers), "orphan workers"
+    done = _statuses(RecordStore(res))  # every record written is whole
+    rerun = _compare(res, "--seeds", "4", "--jobs", "2", "--quiet")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"{len(done)} reused" in err and set(_statuses(RecordStore(res)).values()) == {"ok"}
+
+
 # -- one store, two sweeps ------------------------------------------------------------------------
 def _trained(err: str) -> int:
     m = re.search(r"(\d+) runs: (\d+) trained", err)
