@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.environment import REPO_ROOT
+from harness.errors import CommandFailed
 from harness.machine import MachineInfo, detect
 from harness.worktree import GitError, git, rev_parse
 
@@ -46,7 +47,7 @@ DEVICE_ENV = "HARNESS_ASV_DEVICE"  # the benchmarks' device: auto (CUDA when ava
 ENV_TYPE = "existing-portable"  # the plug-in's environment type (benchmarks/asv_environment.py)
 
 
-class AsvError(RuntimeError):
+class AsvError(CommandFailed, RuntimeError):
     """asv is missing, misconfigured or failed; the message says which and how to fix it."""
 
 

@@ -1,4 +1,10 @@
-"""The ``harness`` command line. Its forms are the public contract (README)."""
+"""The ``harness`` command line. Its forms are the public contract (README).
+
+Every subcommand, of every family (``bench``, ``gate``, ``history``, ``report``, ...), runs through
+``main``: one error policy and one set of exit codes (``harness.errors``). Importing this module and
+building the parser import nothing heavy (no torch, pandas, scipy, tqdm or matplotlib): a command's
+modules are imported when it runs, so ``harness --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
-
-from harness import leaderboard as lb
-from harness import validate
-from harness.allocator import tune_allocator
+from harness import options, validate
+from harness.errors import EXIT_CODES, CommandFailed, UsageError
+from harness.options import DEFAULT_BASELINES
 from harness.registry import (
     RegistryError,
     candidate_names,
@@ -28,18 +32,13 @@ from harness.registry import (
     task_names,
 )
 from harness.results import CorruptRecord, RecordStore, dumps_strict
-from harness.tiers import TIERS
-from harness.validate import UsageError
 
-DEFAULT_BASELINES = "softmax,diagonal"
+if TYPE_CHECKING:
+    from harness import leaderboard as lb
 
 
 class CLIError(UsageError):
     """A user error: printed as one line, exit code 2."""
-
-
-class CommandFailed(Exception):
-    """Something failed that is not the user's input (a record, a file): one line, exit code 1."""
 
 
 def parse_value(text: str) -> Any:
@@ -80,6 +79,8 @@ def split_names(text: str | None) -> list[str]:
 
 # -- list ---------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
     what = args.what or "all"
     cands = group_members(args.group) if args.group else candidate_names()
     cand_rows = []
@@ -169,15 +170,14 @@ def _tasks_arg(args: argparse.Namespace) -> list[str]:
 
 
 def _compare_candidates(args: argparse.Namespace, command: str = "compare") -> list[str]:
-    if args.candidates is not None and args.group:
-        raise CLIError(
-            "--group and --candidates both given; give one (--baselines adds names to a group's board)"
-        )
+    """The baselines, then ``--candidates``, then the members of ``--group``: both together put
+    your candidates on a group's board (``--candidates my-mixer --group transitions``)."""
+    names: list[str] = []
     if args.candidates is not None:
-        names = validate.name_list("--candidates", args.candidates)
-    elif args.group:
-        names = group_members(args.group)
-    else:
+        names += validate.name_list("--candidates", args.candidates)
+    if args.group:
+        names += group_members(args.group)
+    if args.candidates is None and not args.group:
         raise CLIError(f"{command} needs --group G or --candidates A,B")
     baselines = validate.name_list("--baselines", args.baselines, allow_empty=True)
     ordered = list(dict.fromkeys([*baselines, *names]))
@@ -224,6 +224,8 @@ def _stored_nonconforming(store: RecordStore, candidates: list[str]) -> dict[str
 
 
 def _print_board(args, records, candidates, tasks, title, nonconforming=None) -> lb.Board:
+    from harness import leaderboard as lb
+
     extra = _bench_extra(args, candidates) if getattr(args, "bench", False) else None
     if nonconforming is None:
         nonconforming = _stored_nonconforming(_store(args, write=False), candidates)
@@ -366,7 +368,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
-    _check_run_inputs(candidates, tasks, args.tier, {}, {}, {})
+    task_sets = parse_sets(args.task_set, "--task-set")
+    if task_sets and len(tasks) != 1:
+        raise CLIError(
+            f"--task-set sets one task's config: give exactly one task with --tasks (got {', '.join(tasks)})"
+        )
+    _check_run_inputs(candidates, tasks, args.tier, {}, task_sets, {})
     n_seeds, lrs = args.seeds, args.lrs
     if args.look:
         if n_seeds not in (None, 1):
@@ -381,6 +388,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lrs=lrs,
         device=device,
         scheme=args.lr_search,
+        task_overrides={tasks[0]: task_sets} if task_sets else None,
     )
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs()
@@ -435,6 +443,8 @@ def _title(name: str, tier: str, look: bool) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness import leaderboard as lb
+
     validate.check_output_file(args.output)
     _seed_from_snapshot(args)
     candidates = None
@@ -533,6 +543,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- snapshot -----------------------------------------------------------------------------------
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Merge the stored records a leaderboard of this selection uses into the committed snapshot."""
+    from harness import leaderboard as lb
     from harness.conformance import stored_verdict
     from harness.machine import detect
     from harness.snapshots import export, snapshot_path
@@ -601,10 +612,11 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
 
 def cmd_check(args: argparse.Namespace) -> int:
     import torch
+    from tabulate import tabulate
 
     from harness.conformance import check_candidate, conforms
 
-    names = list(args.names)
+    names = [n for arg in args.names for n in split_names(arg)]  # NAME ... or A,B
     if args.group:
         names += group_members(args.group)
     if not names:
@@ -646,9 +658,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
-def _add_common(p: argparse.ArgumentParser, formats: Sequence[str] = lb.FORMATS) -> None:
-    p.add_argument("--results-dir", default="results", help="where records live (default ./results)")
-    p.add_argument("--format", default="table", choices=formats)
+def _add_common(p: argparse.ArgumentParser, formats: Sequence[str] = options.BOARD_FORMATS) -> None:
+    options.add_results_dir(p)
+    options.add_format(p, formats)
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (read from its metadata when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from harness import version
+
+        print(f"mixer-harness {version()}")
+        parser.exit()
 
 
 def _add_executor_flags(p: argparse.ArgumentParser) -> None:
@@ -684,30 +709,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
         description="mixer-harness: sequence mixers head to head on fixed tasks and benchmarks",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version, help="print the version of mixer-harness and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="registered candidates, tasks and groups")
-    p.add_argument("what", nargs="?", choices=["candidates", "tasks", "groups"])
+    p.add_argument(
+        "what", nargs="?", choices=["candidates", "tasks", "groups"], help="only this part (default: all)"
+    )
     p.add_argument("--group", help="only candidates of this group")
-    p.add_argument("--format", default="table", choices=["table", "json"])
+    options.add_format(p, ["table", "json"])
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="train and score one candidate on one task")
-    p.add_argument("--candidate", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--tier", default="quick", choices=sorted(TIERS))
-    p.add_argument("--seed", type=validate.int_at_least(0), default=0)
+    p.add_argument("--candidate", required=True, help="a candidate name (or a variant: name[key=value])")
+    p.add_argument("--task", required=True, help="a task name (see `harness list tasks`)")
+    options.add_tier(p)
+    p.add_argument("--seed", type=validate.int_at_least(0), default=0, help="the run's seed (default 0)")
     p.add_argument("--lr", type=validate.learning_rate, help="learning rate (default: the tier's first)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="candidate hyperparameter override")
     p.add_argument("--task-set", action="append", metavar="KEY=VALUE", help="task config override")
     p.add_argument("--train-set", action="append", metavar="KEY=VALUE", help="training setting override")
-    p.add_argument("--device", default="cpu")
+    options.add_device(p, what="the device to train on")
     p.add_argument("--force", action="store_true", help="rerun even if a record exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    options.add_quiet(p)
     _add_executor_flags(p)
     _add_common(p, ["table", "json"])
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, on_interrupt="finished runs are stored and will be reused")
 
     for name, helptext in (
         ("compare", "run what is missing for a group, then print its leaderboard"),
@@ -715,10 +745,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--group", help="candidate group (see `harness list groups`)")
-        p.add_argument("--candidates", help="comma-separated candidate names")
-        p.add_argument("--tasks", help="comma-separated task names (default: all)")
-        p.add_argument("--tier", default="quick", choices=sorted(TIERS))
-        p.add_argument(
+        options.add_list(p, "--candidates", help="candidate names")
+        options.add_list(p, "--tasks", help="task names (default: all)")
+        options.add_tier(p)
+        options.add_list(
+            p,
             "--baselines",
             default=DEFAULT_BASELINES,
             help=f"candidates always included (default {DEFAULT_BASELINES}; '' for none)",
@@ -726,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--bench", action="store_true", help="add throughput/numerics columns from bench records"
         )
-        p.add_argument("--output", help="write the leaderboard to this file instead of stdout")
+        options.add_output(p, "write the leaderboard to this file instead of stdout")
         p.add_argument(
             "--sweep",
             action="append",
@@ -746,10 +777,19 @@ def build_parser() -> argparse.ArgumentParser:
                 type=validate.int_at_least(1),
                 help="number of seeds (default: the tier's, 3 at quick)",
             )
-            p.add_argument(
+            options.add_list(
+                p,
                 "--lrs",
                 type=validate.number_list(0.0, "learning rates"),
-                help="comma-separated learning rates (default: the tier's grid)",
+                metavar="LR,LR",
+                help="learning rates (default: the tier's grid)",
+            )
+            p.add_argument(
+                "--task-set",
+                action="append",
+                metavar="KEY=VALUE",
+                help="override the task's config (one task only, e.g. --tasks s5 --task-set n_objects=3); "
+                "the leaderboard then scores these runs, not the default config's",
             )
             p.add_argument(
                 "--lr-search",
@@ -763,9 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="a fast look, not a verdict: one seed, one rate (the middle of the grid)",
             )
-            p.add_argument("--device", default="cpu")
+            options.add_device(p, what="the device to train on")
             p.add_argument("--force", action="store_true", help="rerun even if records exist")
-            p.add_argument("--quiet", action="store_true", help="no progress bar")
+            options.add_quiet(p)
             p.add_argument(
                 "--jobs",
                 type=validate.int_at_least(1),
@@ -774,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "ray and no --address, the CPUs of the local Ray cluster",
             )
             _add_executor_flags(p)
-            p.set_defaults(func=cmd_compare)
+            p.set_defaults(func=cmd_compare, on_interrupt="finished runs are stored and will be reused")
         else:
             p.add_argument(
                 "--all-versions",
@@ -788,29 +828,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge the stored records of a selection into the committed snapshot (results/snapshots/)",
     )
     p.add_argument("--group", help="candidate group")
-    p.add_argument("--candidates", help="comma-separated candidate names")
-    p.add_argument("--tasks", help="comma-separated task names (default: all)")
-    p.add_argument("--tier", default="quick", choices=sorted(TIERS))
-    p.add_argument(
-        "--baselines", default=DEFAULT_BASELINES, help=f"also included (default {DEFAULT_BASELINES})"
+    options.add_list(p, "--candidates", help="candidate names")
+    options.add_list(p, "--tasks", help="task names (default: all)")
+    options.add_tier(p)
+    options.add_list(
+        p, "--baselines", default=DEFAULT_BASELINES, help=f"also included (default {DEFAULT_BASELINES})"
     )
     p.add_argument("--sweep", action="append", metavar="KEY=V1,V2", help="the swept variants too")
-    p.add_argument(
-        "--output", help="the snapshot file (default results/snapshots/<tier>-<machine class>.jsonl.gz)"
-    )
-    p.add_argument("--results-dir", default="results", help="where records live (default ./results)")
+    options.add_output(p, "the snapshot file (default results/snapshots/<tier>-<machine class>.jsonl.gz)")
+    options.add_results_dir(p)
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("check", help="conformance checks of candidates (built-in or plug-in)")
-    p.add_argument("names", nargs="*", metavar="NAME", help="candidate names")
+    p.add_argument("names", nargs="*", metavar="NAME", help="candidate names (separate words or A,B)")
     p.add_argument("--group", help="every candidate of this group")
-    p.add_argument("--dtypes", default="bf16,fp16", help="low-precision dtypes to check (default bf16,fp16)")
-    p.add_argument("--format", default="table", choices=["table", "json"])
+    options.add_list(
+        p,
+        "--dtypes",
+        default="bf16,fp16",
+        help="low-precision dtypes to check: bf16, fp16 (default bf16,fp16)",
+    )
+    options.add_format(p, ["table", "json"])
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("show", help="one stored record, by run id (or a unique prefix)")
     p.add_argument("run_id", help="a run id (hex) or a unique prefix of one")
-    p.add_argument("--results-dir", default="results")
+    options.add_results_dir(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -822,7 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
             "deleted) and listed; `harness compare` redoes its run. Exit 1 when something was set aside."
         ),
     )
-    p.add_argument("--results-dir", default="results")
+    options.add_results_dir(p)
     p.set_defaults(func=cmd_doctor)
 
     _add_optional_commands(sub)
@@ -830,7 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Command families living in their own packages (benchmarks, history, gates)."""
+    """Command families living in their own packages (benchmarks, history, gates, report). Their
+    registration functions are light: each command imports its modules when it runs."""
     from harness.bench.cli import add_bench_commands
     from harness.gate.cli import add_gate_command
     from harness.history import add_history_commands
@@ -842,35 +886,56 @@ def _add_optional_commands(sub) -> None:
     add_report_command(sub)
 
 
+# -- the one error policy -------------------------------------------------------------------------
+def _error(message: str, code: int) -> int:
+    print(f"harness: error: {message}", file=sys.stderr)
+    return code
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the command failed" (not the user's input, not a bug). Those of
+    modules not imported yet cannot have been raised, so they are looked up, not imported."""
+    import subprocess
+
+    types: list[type[BaseException]] = [CommandFailed, subprocess.TimeoutExpired]
+    sweep = sys.modules.get("harness.sweep")
+    if sweep is not None and hasattr(sweep, "WorkerDied"):
+        types.append(sweep.WorkerDied)
+    return tuple(types)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 something failed (a run, a record, a file), 2 a usage error, 130 interrupted.
+    """Run one ``harness`` command, any family, with the one error policy (``harness.errors``):
+    0 ok; 1 something failed (a run, a record, a file, a regression); 2 a usage error (for gate,
+    history and machine also any failure to run: their parsers set ``failure_exit=2``); 130
+    interrupted.
 
     Errors are one line on stderr, never a traceback; an unexpected one (a bug) names its type and
     asks for ``HARNESS_TRACEBACK=1``, which shows the traceback."""
-    from harness.sweep import WorkerDied
-
-    tune_allocator()
+    args: argparse.Namespace | None = None
     try:
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse has printed the usage error (or the help): its code
             return e.code if isinstance(e.code, int) else 2
+        from harness.allocator import tune_allocator
+
+        tune_allocator()
         return int(args.func(args) or 0)
-    except (RegistryError, UsageError, ValueError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 2
-    except (CommandFailed, WorkerDied) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"harness: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("harness: interrupted; finished runs are stored and will be reused", file=sys.stderr)
+        note = getattr(args, "on_interrupt", None)
+        print(f"harness: interrupted{'; ' + note if note else ''}", file=sys.stderr)
         return 130
+    except (RegistryError, UsageError, ValueError) as e:
+        return _error(str(e), 2)
     except Exception as e:
+        failed = getattr(args, "failure_exit", 1)
+        if isinstance(e, _failures()):
+            return _error(str(e), failed)
+        if isinstance(e, OSError):
+            where = f"{e.filename}: " if e.filename else ""
+            return _error(f"{where}{e.strerror or e}", failed)
         if os.environ.get("HARNESS_TRACEBACK"):
             raise
         print(
@@ -878,7 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "shows where)",
             file=sys.stderr,
         )
-        return 1
+        return failed
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,41 +16,59 @@
   (:mod:`harness.gate.verdicts`: times by factor and Mann-Whitney U on asv's samples, the quality
   error rates by the gate's tolerance, single readings by the factor); exit 1 if anything regressed.
 
-Exit codes: 0 ok, 1 a benchmark failed or got worse, 2 usage or setup error.
+Exit codes: 0 ok, 1 a benchmark failed or got worse, 2 usage or setup error (``harness.cli.main``'s
+one policy; these parsers set ``failure_exit=2``, so a failure to run is never read as a regression).
+
+Light at import (the parser is built for every ``harness`` command): asv, the machine detection
+(torch) and the judge (scipy) are imported when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import http.server
 import json
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tabulate import tabulate
+from harness import options, validate
+from harness.errors import CommandFailed, UsageError
+from harness.gate.settings import Thresholds
+from harness.worktree import checkout, git, is_dirty, rev_parse, revisions
 
-from harness.asvtools import AsvError, AsvProject, last_lines, localize_report, prune_unmeasured
-from harness.gate.verdicts import DEFAULTS, Thresholds, Verdict, judge
-from harness.worktree import GitError, checkout, git, is_dirty, rev_parse, revisions
+if TYPE_CHECKING:
+    import http.server
+
+    from harness.asvtools import AsvProject
+    from harness.gate.verdicts import Verdict
+
+#: exit code of these commands when they cannot run (1 means a benchmark failed or got worse)
+SETUP_FAILED = 2
 
 
-class HistoryError(Exception):
+class HistoryError(CommandFailed):
     """A usage or setup error: one line on stderr, exit code 2."""
+
+
+def _project(args: argparse.Namespace) -> AsvProject:
+    from harness.asvtools import AsvProject
+
+    return AsvProject.find(args.config)
 
 
 # -- machine ------------------------------------------------------------------------------------
 def cmd_machine(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
-    info = project.ensure_machine(args.device, args.name)
+    from tabulate import tabulate
+
+    project = _project(args)
+    info = project.ensure_machine(validate.check_device(args.device), args.machine)
     entry = info.asv_entry()
-    if args.name:
-        entry["machine"] = args.name
+    if args.machine:
+        entry["machine"] = args.machine
     if args.format == "json":
         print(
             json.dumps({"name": entry["machine"], "asv_entry": entry, "detected": info.to_dict()}, indent=2)
@@ -71,7 +89,7 @@ def _bench_patterns(args: argparse.Namespace) -> list[str]:
 
 
 def _machine(project: AsvProject, args: argparse.Namespace) -> tuple[str, str]:
-    info = project.ensure_machine(args.device, args.machine)
+    info = project.ensure_machine(validate.check_device(args.device), args.machine)
     return (args.machine or info.name), info.device
 
 
@@ -83,9 +101,9 @@ def _outcome(proc, project: AsvProject, machine: str, sha: str) -> str:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
+    project = _project(args)
     if is_dirty(project.repo) and not args.allow_dirty:
-        raise HistoryError(
+        raise UsageError(
             "the working tree has uncommitted changes to tracked files; results would be filed under "
             "HEAD without being HEAD's code. Commit or stash them, use `harness history backfill HEAD` "
             "(a clean worktree of HEAD), or pass --allow-dirty"
@@ -106,7 +124,11 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
+    from tabulate import tabulate
+
+    from harness.asvtools import last_lines
+
+    project = _project(args)
     shas = revisions(project.repo, args.range)
     machine, device = _machine(project, args)
     rows: list[list[Any]] = []
@@ -146,7 +168,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 # -- publish / serve / compare ----------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
+    from harness.asvtools import last_lines, localize_report, prune_unmeasured
+
+    project = _project(args)
     html = Path(args.html_dir) if args.html_dir else project.html_dir
     proc = project.publish(html, capture=True)
     if proc.returncode != 0 or not (html / "index.html").exists():
@@ -163,24 +187,31 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    requests: list[tuple[str, int]] | None = None  # (path, status) of every request, when a list is given
+@functools.cache
+def _server_classes() -> tuple[type, type]:
+    """The request handler and server classes (defined on first use: http.server is not imported
+    by ``harness --help``)."""
+    import http.server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's signature
-        pass
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        requests: list[tuple[str, int]] | None = None  # (path, status) of every request, when given
 
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        if self.requests is not None:
-            self.requests.append((self.path, int(code) if isinstance(code, int) else 0))
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's signature
+            pass
 
+        def log_request(self, code: Any = "-", size: Any = "-") -> None:
+            if self.requests is not None:
+                self.requests.append((self.path, int(code) if isinstance(code, int) else 0))
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # a browser that closed the connection early (normal), not a server error
-        super().handle_error(request, client_address)
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if isinstance(sys.exc_info()[1], ConnectionError):
+                return  # a browser that closed the connection early (normal), not a server error
+            super().handle_error(request, client_address)
+
+    return QuietHandler, Server
 
 
 def serve_directory(
@@ -190,9 +221,10 @@ def serve_directory(
 
     ``requests``: a list to which every request's (path, HTTP status) is appended.
     """
-    handler_cls = type("Handler", (_QuietHandler,), {"requests": requests})
+    quiet_handler, server_cls = _server_classes()
+    handler_cls = type("Handler", (quiet_handler,), {"requests": requests})
     handler = functools.partial(handler_cls, directory=str(directory))
-    server = _Server(("127.0.0.1", port), handler)
+    server = server_cls(("127.0.0.1", port), handler)
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
@@ -205,7 +237,7 @@ def serve_in_thread(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
+    project = _project(args)
     html = Path(args.html_dir) if args.html_dir else project.html_dir
     if args.publish or not (html / "index.html").exists():
         cmd_publish(
@@ -223,9 +255,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def compare_commits(
-    project: AsvProject, rev1: str, rev2: str, machine: str, thresholds: Thresholds = DEFAULTS
+    project: AsvProject, rev1: str, rev2: str, machine: str, thresholds: Thresholds | None = None
 ) -> list[Verdict]:
-    """The verdict on every benchmark recorded for ``rev2`` against ``rev1`` on ``machine``."""
+    """The verdict on every benchmark recorded for ``rev2`` against ``rev1`` on ``machine`` (with the
+    judge's default thresholds unless given)."""
+    from harness.gate.verdicts import DEFAULTS, judge
+
+    thresholds = thresholds or DEFAULTS
+
     shas = []
     for rev in (rev1, rev2):
         sha = rev_parse(project.repo, rev)
@@ -253,8 +290,10 @@ def compare_commits(
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    project = AsvProject.find(args.config)
-    machine = args.machine or project.ensure_machine(args.device).name
+    from tabulate import tabulate
+
+    project = _project(args)
+    machine = args.machine or project.ensure_machine(validate.check_device(args.device)).name
     thresholds = Thresholds(factor=args.factor, alpha=args.alpha, tolerance=args.tolerance)
     verdicts = compare_commits(project, args.rev1, args.rev2, machine, thresholds)
     shown = verdicts if args.all else [v for v in verdicts if v.status != "ok"]
@@ -288,6 +327,12 @@ def _fmt(x: float | None) -> str:
 # -- parser ---------------------------------------------------------------------------------------
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="asv.conf.json (default: found from the working directory up)")
+    p.set_defaults(failure_exit=SETUP_FAILED)
+
+
+def _add_machine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--machine", help="machine class name (default: the detected machine class)")
+    options.add_device(p, default="auto", auto=True, index=False, what="the device benchmarks run on")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -304,19 +349,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one sample per benchmark, no interval: a smoke check, not a record for the history",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--machine", help="machine name (default: the detected machine class)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per asv run (default: none)")
+    _add_machine(p)
+    p.add_argument(
+        "--timeout", type=validate.positive_number, default=None, help="seconds per asv run (default: none)"
+    )
 
 
 def add_history_commands(subparsers: Any) -> None:
     """Add ``machine`` and ``history`` to the ``harness`` command line."""
+    from harness.gate.cli import add_threshold_options
+
     p = subparsers.add_parser("machine", help="detect this machine's class and write its asv machine entry")
     _add_config(p)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--name", help="override the detected machine name")
-    p.add_argument("--format", default="table", choices=["table", "json"])
-    p.set_defaults(func=_guarded(cmd_machine))
+    _add_machine(p)
+    p.add_argument("--name", dest="machine", help=argparse.SUPPRESS)  # the old name of --machine
+    options.add_format(p, ["table", "json"])
+    p.set_defaults(func=cmd_machine)
 
     h = subparsers.add_parser("history", help="asv benchmark history: record, backfill, publish, serve")
     hs = h.add_subparsers(dest="history_command", required=True, metavar="SUBCOMMAND")
@@ -324,13 +372,13 @@ def add_history_commands(subparsers: Any) -> None:
     p = hs.add_parser("record", help="measure the checked-out commit")
     _add_run_options(p)
     p.add_argument("--allow-dirty", action="store_true", help="record even with uncommitted changes")
-    p.set_defaults(func=_guarded(cmd_record))
+    p.set_defaults(func=cmd_record)
 
     p = hs.add_parser("backfill", help="measure each commit of a range (A..B), each in a temporary worktree")
     p.add_argument("range", help="A..B (oldest first), A^! or one commit")
     _add_run_options(p)
     p.add_argument("--skip-existing", action="store_true", help="skip commits that have results here")
-    p.set_defaults(func=_guarded(cmd_backfill))
+    p.set_defaults(func=cmd_backfill)
 
     p = hs.add_parser("publish", help="write the HTML report (asv publish)")
     _add_config(p)
@@ -340,14 +388,16 @@ def add_history_commands(subparsers: Any) -> None:
         action="store_true",
         help="keep asv's CDN links (default: a self-contained report with shipped copies, works offline)",
     )
-    p.set_defaults(func=_guarded(cmd_publish))
+    p.set_defaults(func=cmd_publish)
 
     p = hs.add_parser("serve", help="serve the HTML report on 127.0.0.1")
     _add_config(p)
     p.add_argument("--html-dir", help="folder to serve (default: html_dir of asv.conf.json)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--port", type=validate.int_at_least(0), default=8080, help="port (default 8080; 0 picks a free one)"
+    )
     p.add_argument("--publish", action="store_true", help="publish first")
-    p.set_defaults(func=_guarded(cmd_serve))
+    p.set_defaults(func=cmd_serve)
 
     p = hs.add_parser(
         "compare", help="compare two recorded commits with the gate's judge; exit 1 if something regressed"
@@ -355,47 +405,18 @@ def add_history_commands(subparsers: Any) -> None:
     _add_config(p)
     p.add_argument("rev1", help="the reference commit")
     p.add_argument("rev2", help="the commit compared with it")
-    t = DEFAULTS
-    p.add_argument("--factor", type=float, default=t.factor, help=f"change that counts (default {t.factor})")
-    p.add_argument("--alpha", type=float, default=t.alpha, help=f"significance level (default {t.alpha})")
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=t.tolerance,
-        help=f"error-rate rise that counts (default {t.tolerance})",
-    )
+    add_threshold_options(p, "rise of an error rate that counts")
     p.add_argument("--all", action="store_true", help="also list the benchmarks that did not change")
-    p.add_argument("--machine", help="machine name (default: the detected machine class)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.set_defaults(func=_guarded(cmd_compare))
-
-
-def _guarded(fn):
-    """The command with this module's errors turned into one line on stderr and exit code 2.
-
-    Done here, not in harness.cli, so the main CLI needs to know nothing of these exceptions.
-    """
-
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args) or 0)
-        except (HistoryError, AsvError, GitError, ValueError, subprocess.TimeoutExpired) as e:
-            print(f"harness: error: {e}", file=sys.stderr)
-            return 2
-
-    return run
-
-
-def run_command(args: argparse.Namespace) -> int:
-    return int(args.func(args) or 0)
+    _add_machine(p)
+    p.set_defaults(func=cmd_compare)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_history_commands(sub)
-    return run_command(parser.parse_args(argv))
+    """``python -m harness.history history ...`` (or ``machine ...``): through the one CLI and its
+    error policy (``harness.cli.main``)."""
+    from harness.cli import main as harness_main
+
+    return harness_main(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

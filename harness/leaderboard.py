@@ -21,11 +21,12 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from harness.options import BOARD_FORMATS
 from harness.reference import TaskReference, reference_for
 from harness.results import dumps_strict
-from harness.scoring import Cell, cells, column_flags, task_ranks
+from harness.scoring import Cell, cells, clearly_better, column_flags, task_ranks
 
-FORMATS = ("table", "markdown", "csv", "json", "html")
+FORMATS = BOARD_FORMATS
 
 
 def select_records(
@@ -343,8 +344,9 @@ def notes(board: Board) -> list[str]:
     else:
         out.append(
             f"{board.n_seeds} seeds per cell, mean ± 95% t-interval; a task's rank is 1 + the number of "
-            "candidates whose interval lies wholly above (overlapping intervals tie); failed or diverged "
-            "cells rank last; rank = mean task rank, only for candidates with every cell"
+            "candidates whose interval lies wholly above and whose mean is at least 0.01 higher (overlapping "
+            "intervals, or closer means, tie); failed or diverged cells rank last; rank = mean task rank, "
+            "only for candidates with every cell"
         )
     out.append(
         "extrap: accuracy at the longer test lengths, positions beyond the training length only; it is "
@@ -460,15 +462,20 @@ def tie_groups(ranks: dict[str, float | None]) -> dict[str, int | None]:
 
 
 def tied_with(board: Board, task: str, cand: str) -> list[str]:
-    """The finished candidates of ``task`` whose 95 % interval overlaps ``cand``'s: neither is
-    clearly better (``harness.scoring.task_ranks``)."""
+    """The finished candidates of ``task`` neither clearly better nor clearly worse than ``cand``
+    (``harness.scoring.clearly_better``: overlapping intervals, or means within the resolution)."""
     cell = board.cell(cand, task)
     if cell is None or not cell.finished:
         return []
     out = []
     for other in board.ordered:
         o = board.cell(other, task)
-        if other != cand and o is not None and o.finished and not (o.low > cell.high or cell.low > o.high):
+        if (
+            other != cand
+            and o is not None
+            and o.finished
+            and not (clearly_better(o, cell) or clearly_better(cell, o))
+        ):
             out.append(other)
     return out
 

@@ -16,7 +16,6 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from harness.identity import class_source_hash
@@ -240,6 +239,8 @@ def _one_line(e: BaseException) -> str:
 def _load_entry_points(group: str) -> None:
     """Load every entry point of ``group``; one that raises is reported once (stderr and
     ``plugin_errors()``) and skipped, so one broken package does not take the others down."""
+    from importlib import metadata  # here: importing the registry stays quick (``harness --help``)
+
     for ep in metadata.entry_points(group=group):
         try:
             obj = ep.load()

@@ -24,7 +24,8 @@ What is checked, and how:
   (``TRAIN_RULES``).
 - **Task settings** (``--task-set``): by the field's default type, then by building the task's
   config, whose own checks raise ``ValueError`` with the reason.
-- **Device**: parsed by torch, a kind this harness runs on, and present on this machine.
+- **Device**: its form while parsing (``device_arg``: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` where
+  the command takes it), then, when the command runs, present on this machine (``check_device``).
 - **Paths**: a results directory must be a directory we can create or write; an output file must
   not be a directory and its folder must be writable.
 """
@@ -36,16 +37,14 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError  # noqa: F401 - the one usage error type, re-exported
 from harness.registry import RegistryError, get_candidate, get_task, suggest
-
-
-class UsageError(ValueError):
-    """A bad input: printed as one line, exit code 2, before anything runs."""
 
 
 # -- plain words for values --------------------------------------------------------------------------
@@ -113,6 +112,21 @@ def positive_number(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not allowed; allowed: a finite number > 0")
     return value
+
+
+def number_at_least(minimum: float) -> Callable[[str], float]:
+    """argparse type: a finite number >= ``minimum``."""
+
+    def parse(text: str) -> float:
+        value = _parse_number(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text} is not allowed; allowed: a finite number >= {minimum:g}"
+            )
+        return value
+
+    parse.__name__ = f"number >= {minimum:g}"
+    return parse
 
 
 def learning_rate(text: str) -> float:
@@ -497,12 +511,36 @@ def check_task_settings(task: str, tier: str, overrides: dict[str, Any], flag: s
 DEVICE_KINDS = ("cpu", "cuda")
 
 
+def device_arg(auto: bool = False, index: bool = True) -> Callable[[str], str]:
+    """argparse type of ``--device``, by its form only (no torch import): ``cpu``, ``cuda``,
+    ``cuda:N`` (with ``index``), ``auto`` (with ``auto``). Whether this machine has the device is
+    ``check_device``'s question, asked when the command runs."""
+    forms = [*DEVICE_KINDS, *(["cuda:N"] if index else []), *(["auto"] if auto else [])]
+    pattern = r"(cpu|cuda" + (r"(:\d+)?" if index else "") + (r"|auto" if auto else "") + ")"
+
+    def parse(text: str) -> str:
+        if re.fullmatch(pattern, text):
+            return text
+        close = difflib.get_close_matches(
+            text.strip().lower(), [f.replace("N", "0") for f in forms], n=1, cutoff=0.4
+        )
+        hint = f"; did you mean {close[0]!r}?" if close and close[0] != text else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device this command takes; allowed: {', '.join(forms)}{hint}"
+        )
+
+    parse.__name__ = "device"
+    return parse
+
+
 def check_device(text: str, flag: str = "--device", local: bool = True) -> str:
-    """A device this machine has: ``cpu``, ``cuda`` or ``cuda:N``. With ``local=False`` (runs on a
-    Ray cluster, whose nodes have the GPUs) only the form is checked: ``cpu`` or ``cuda`` (Ray gives
-    each run its GPU as ``cuda``)."""
+    """A device this machine has: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` becomes ``cuda`` when
+    CUDA is available, else ``cpu``. With ``local=False`` (runs on a Ray cluster, whose nodes have
+    the GPUs) only the form is checked: ``cpu`` or ``cuda`` (Ray gives each run its GPU as ``cuda``)."""
     import torch
 
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError, TypeError):

@@ -22,8 +22,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import CommandFailed
 
-class GitError(RuntimeError):
+
+class GitError(CommandFailed, RuntimeError):
     """A git command failed; the message carries git's own error."""
 
 

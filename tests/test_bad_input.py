@@ -29,7 +29,7 @@ SMOKE_RUN = "run --candidate softmax --task mqar --tier smoke --quiet --results-
 SMOKE_CMP = (
     "compare --candidates softmax --baselines '' --tasks mqar --tier smoke --quiet --results-dir {res}"
 )
-BENCH = "bench throughput --candidates softmax --baseline none --no-store --no-progress"
+BENCH = "bench throughput --candidates softmax --baseline none --no-store --quiet"
 
 
 @dataclass
@@ -107,10 +107,10 @@ CASES: list[Case] = [
         ["--tasks", "names nothing"],
     ),
     Case(
-        "group-and-candidates",
-        "compare --group attention --candidates softmax --tier smoke --results-dir {res}",
+        "group-and-candidates-unknown",
+        "compare --group attention --candidates sofmax --tier smoke --results-dir {res}",
         2,
-        ["--group and --candidates both given"],
+        ["unknown candidate 'sofmax'", "'softmax'"],
     ),
     Case(
         "compare-no-selection",
@@ -315,10 +315,13 @@ CASES: list[Case] = [
         ["--train-set d_model=30", "could not be built", "divisible"],
     ),
     # -- devices ---------------------------------------------------------------------------------------
-    Case("device-typo", f"{SMOKE_RUN} --device tpu9", 2, ["--device 'tpu9' is not a device", "cpu, cuda"]),
-    Case("device-kind", f"{SMOKE_RUN} --device meta", 2, ["--device 'meta'", "cpu or cuda"]),
-    Case("device-empty", f"{SMOKE_CMP} --device ''", 2, ["--device ''", "not a device"]),
-    Case("bench-device", f"{BENCH} --device tpu", 2, ["--device", "invalid choice: 'tpu'"]),
+    Case("device-typo", f"{SMOKE_RUN} --device tpu9", 2, ["--device", "'tpu9' is not a device", "cpu, cuda"]),
+    Case("device-kind", f"{SMOKE_RUN} --device meta", 2, ["--device", "'meta' is not a device", "cpu, cuda"]),
+    Case("device-empty", f"{SMOKE_CMP} --device ''", 2, ["--device", "'' is not a device"]),
+    Case("device-auto-train", f"{SMOKE_RUN} --device auto", 2, ["--device", "'auto'", "cpu, cuda, cuda:N"]),
+    Case("bench-device", f"{BENCH} --device tpu", 2, ["--device", "'tpu' is not a device", "auto"]),
+    Case("gate-device-index", "gate --device cuda:1", 2, ["--device", "'cuda:1'", "cpu, cuda, auto"]),
+    Case("history-device", "history compare A B --device gpu", 2, ["--device", "'gpu'", "did you mean"]),
     # -- benchmark flags ---------------------------------------------------------------------------------
     Case("bench-batch-zero", f"{BENCH} --batch 0", 2, ["--batch", "integer >= 1"]),
     Case("bench-batch-neg", f"{BENCH} --batch -1", 2, ["--batch", "integer >= 1"]),

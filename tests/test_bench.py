@@ -491,7 +491,7 @@ def test_bench_columns_from_records(tmp_path):
 
 
 def test_cli_throughput_and_unknown_names(tmp_path, capsys):
-    args = ["--seq-lens", "16,32", "--d-model", "32", "--results-dir", str(tmp_path), "--no-progress"]
+    args = ["--seq-lens", "16,32", "--d-model", "32", "--results-dir", str(tmp_path), "--quiet"]
     code = bench_main(["throughput", "--candidate", "linear-attention", *args, "--passes", "fwd",
                        "--min-run-time", "0.01", "--format", "csv"])  # fmt: skip
     out = capsys.readouterr()

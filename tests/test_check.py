@@ -104,3 +104,13 @@ def test_run_refuses_a_nonconforming_candidate(outside_package, installed_plugin
     )
     assert code == 1 and "NONCONFORMING ext-peek" in err
     assert not (tmp_path / "runs" / "train").exists()
+
+
+def test_candidates_join_a_groups_board(outside_package, capsys):
+    from harness.cli import _compare_candidates, build_parser
+
+    args = build_parser().parse_args(
+        ["compare", "--candidates", "ext-good", "--group", "external", "--baselines", "", "--tier", "smoke"]
+    )
+    names = _compare_candidates(args)
+    assert names[0] == "ext-good" and sorted(names) == ["ext-badstep", "ext-good", "ext-nangrad", "ext-peek"]

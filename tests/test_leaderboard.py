@@ -227,3 +227,15 @@ def test_json_rows_match_the_shipped_schema():
     assert a["bench"] == {"fwd_bwd_tok_s": 1e5, "time_exponent": 1.0, "bf16_err": 1e-3}
     assert c["bench"]["fwd_bwd_tok_s"] is None and b["bench"] is None
     assert a["state_bytes"] == 1024 and a["state_seq_len"] == 64 and a["state_grows"] is False
+
+
+def test_differences_below_the_resolution_tie_even_with_tight_intervals():
+    def cell(name, scores):
+        return scoring.cell_verdict([rec(name, "t", s, 1e-3, v, v) for s, v in enumerate(scores)])
+
+    cells = {
+        "a": cell("a", [0.999, 0.999, 0.9991]),
+        "b": cell("b", [0.994, 0.9941, 0.994]),  # tight, apart, but 0.005 lower: both solved
+        "c": cell("c", [0.97, 0.9701, 0.97]),
+    }
+    assert scoring.task_ranks(cells) == {"a": 1, "b": 1, "c": 3}

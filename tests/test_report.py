@@ -356,7 +356,7 @@ def test_real_smoke_sweep_bench_and_report_write_strict_json(tmp_path, capsys):
     assert rc == 0, err
     assert "softmax has no hyperparameter 'd_state'" in err and "report: `harness report" in err
     names = "softmax,diagonal[d_state=4],deltanet[d_state=8]"
-    common = ["--candidates", names, "--results-dir", store, "--no-progress"]
+    common = ["--candidates", names, "--results-dir", store, "--quiet"]
     assert (
         main(
             ["bench", "throughput", *common, "--seq-lens", "32,64", "--rounds", "1", "--min-run-time", "0.01"]

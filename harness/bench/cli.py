@@ -12,7 +12,10 @@ runs them standalone (``main(argv)``; a leading ``bench`` is optional). Examples
 
 Finished measurements are stored under ``<results-dir>/runs/<kind>/`` and reused on the next run
 unless ``--force``; the tables say which rows were reused. The progress bar (tqdm, with ETA) goes to
-stderr; ``--no-progress`` turns it off.
+stderr; ``--quiet`` turns it off.
+
+This module is light (the parser is built for every ``harness`` command): the measuring modules,
+torch and pandas are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -22,41 +25,46 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from harness import options, validate
+from harness.options import add_list
 
-from harness import validate
-from harness.bench import report
-from harness.bench.common import flatten_unique, resolve_candidates
-from harness.registry import RegistryError
-from harness.results import RecordStore
+if TYPE_CHECKING:
+    from harness.results import RecordStore
 
 _ints = validate.int_list(1, "integers >= 1")
+_INTERRUPTED = "finished measurements are stored and will be reused"
 
 
 def _names(text: str) -> list[str]:
-    return flatten_unique([text])
+    """Comma-separated names, stripped, each once."""
+    return list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument(
-        "--dtypes", type=_names, help="comma-separated: float32,bfloat16,float16,float64 (or fp32, bf16, ...)"
+    options.add_device(p, auto=True, what="the device to measure on")
+    add_list(
+        p,
+        "--dtypes",
+        type=_names,
+        metavar="DTYPES",
+        help="dtypes: float32, bfloat16, float16, float64 (or fp32, bf16, ...)",
     )
-    p.add_argument("--seq-lens", type=_ints, help="comma-separated sequence lengths")
-    p.add_argument("--batch", type=validate.int_at_least(1))
+    add_list(p, "--seq-lens", type=_ints, metavar="T,T", help="sequence lengths")
+    p.add_argument("--batch", type=validate.int_at_least(1), help="batch size (default: the command's)")
     p.add_argument(
         "--threads",
         type=validate.int_at_least(1),
         help="torch threads (default: 1 on CPU, torch's default on CUDA)",
     )
-    p.add_argument("--format", choices=report.FORMATS, default="table")
-    p.add_argument("--output", help="write the table to this file instead of stdout")
-    p.add_argument("--results-dir", default="results", help="record store root (default ./results)")
+    options.add_format(p, options.BENCH_FORMATS)
+    options.add_output(p, "write the table to this file instead of stdout")
+    options.add_results_dir(p, "record store root")
     p.add_argument("--no-store", action="store_true", help="neither read nor write records")
     p.add_argument("--force", action="store_true", help="measure again even where a stored record exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_quiet(p)
+    p.set_defaults(on_interrupt=_INTERRUPTED)
 
 
 def _add_clock(p: argparse.ArgumentParser) -> None:
@@ -68,17 +76,16 @@ def _add_clock(p: argparse.ArgumentParser) -> None:
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--candidate",
-        "--candidates",
-        dest="candidates",
-        action="append",
-        type=_names,
-        help="candidate name(s), comma-separated; repeatable",
-    )
+    add_list(p, "--candidates", "--candidate", dest="candidates", type=_names, help="candidate names")
     p.add_argument("--group", help="a registry group, or 'all'")
-    p.add_argument("--d-model", type=validate.int_at_least(1), default=64)
-    p.add_argument("--impls", type=_names, help="implementations to run (default: see the command's help)")
+    p.add_argument("--d-model", type=validate.int_at_least(1), default=64, help="model width D (default 64)")
+    add_list(
+        p,
+        "--impls",
+        type=_names,
+        metavar="IMPLS",
+        help="implementations to run (default: see the command's help)",
+    )
 
 
 def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
@@ -104,7 +111,7 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     _add_selection(p)
     _add_common(p)
     _add_clock(p)
-    p.add_argument("--passes", type=_names, help="comma-separated subset of fwd,fwd_bwd,step")
+    add_list(p, "--passes", type=_names, metavar="PASSES", help="passes, a subset of fwd, fwd_bwd, step")
     p.add_argument(
         "--time-cap", type=validate.positive_number, help="seconds per call (default 1 on CPU, 10 on CUDA)"
     )
@@ -139,7 +146,14 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
         default=16384,
         help="T of the stability check (0: skip)",
     )
-    p.add_argument("--stability-dtypes", type=_names, default=["float32"])
+    add_list(
+        p,
+        "--stability-dtypes",
+        type=_names,
+        default=["float32"],
+        metavar="DTYPES",
+        help="dtypes of the stability check (default float32)",
+    )
     p.add_argument(
         "--against",
         choices=("fla",),
@@ -168,12 +182,38 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_common(p)
     _add_clock(p)
-    p.add_argument("--families", type=_names, help="comma-separated subset of dense,resolvent,deltanet")
-    p.add_argument("--state-sizes", type=_ints, help="dense family: state sizes N (default 16,64)")
-    p.add_argument("--chunk-size", type=validate.int_at_least(1), default=64)
-    p.add_argument("--neumann-ks", type=_ints, help="resolvent family: Neumann terms (default 1,2,4,8,16)")
-    p.add_argument("--time-cap", type=validate.positive_number, default=2.0, help="seconds per call")
-    p.add_argument("--min-run-time", type=validate.positive_number, default=0.2)
+    add_list(
+        p,
+        "--families",
+        type=_names,
+        metavar="FAMILIES",
+        help="families, a subset of dense, resolvent, deltanet",
+    )
+    add_list(
+        p, "--state-sizes", type=_ints, metavar="N,N", help="dense family: state sizes N (default 16,64)"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=validate.int_at_least(1),
+        default=64,
+        help="chunk length of chunked scans (default 64)",
+    )
+    add_list(
+        p,
+        "--neumann-ks",
+        type=_ints,
+        metavar="K,K",
+        help="resolvent family: Neumann terms (default 1,2,4,8,16)",
+    )
+    p.add_argument(
+        "--time-cap", type=validate.positive_number, default=2.0, help="seconds per call (default 2)"
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=validate.positive_number,
+        default=0.2,
+        help="seconds of timed calls per shape (default 0.2)",
+    )
     p.set_defaults(func=cmd_scans)
     return bench
 
@@ -184,6 +224,8 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
 def _store(args: argparse.Namespace) -> RecordStore | None:
     """The record store (checked before anything is measured), or None with ``--no-store``; the
     ``--output`` file is checked here too."""
+    from harness.results import RecordStore
+
     validate.check_output_file(args.output)
     if args.no_store:
         return None
@@ -194,8 +236,14 @@ def _store(args: argparse.Namespace) -> RecordStore | None:
 
 
 def _selected(args: argparse.Namespace) -> list[str]:
-    names = [n for group in (args.candidates or []) for n in group]
-    return resolve_candidates(names, args.group)
+    from harness.bench.common import resolve_candidates
+
+    return resolve_candidates(args.candidates or [], args.group)
+
+
+def _device(args: argparse.Namespace) -> str:
+    """``--device`` checked on this machine; ``auto`` resolved."""
+    return validate.check_device(args.device)
 
 
 def _emit(args: argparse.Namespace, text: str) -> None:
@@ -222,12 +270,14 @@ def _summary(rows: Sequence[dict[str, Any]], seconds: float, what: str) -> None:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
+    from harness.bench import report
     from harness.bench.throughput import PASSES, ThroughputConfig, run_throughput
 
     names = _selected(args)
+    device = _device(args)
     cfg = ThroughputConfig(
-        device=args.device,
-        dtypes=args.dtypes or (("float32", "bfloat16") if args.device == "cuda" else ("float32",)),
+        device=device,
+        dtypes=args.dtypes or (("float32", "bfloat16") if device.startswith("cuda") else ("float32",)),
         seq_lens=args.seq_lens,
         batch=args.batch or 1,
         d_model=args.d_model,
@@ -240,7 +290,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         clock=args.clock,
         baseline=None if args.baseline in ("", "none") else args.baseline,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     t0 = time.perf_counter()
     rows = run_throughput(names, cfg, _store(args))
@@ -253,6 +303,7 @@ def cmd_against_fla(args: argparse.Namespace) -> int:
     """``bench numerics --against fla``."""
     import importlib.util
 
+    from harness.bench import report
     from harness.bench.against_fla import AgainstConfig, run_against_fla, table
 
     if importlib.util.find_spec("fla") is None:
@@ -280,6 +331,9 @@ def cmd_against_fla(args: argparse.Namespace) -> int:
 
 
 def cmd_numerics(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.bench import report
     from harness.bench.numerics import NumericsConfig, run_numerics
 
     if args.against == "fla":
@@ -292,7 +346,7 @@ def cmd_numerics(args: argparse.Namespace) -> int:
     if args.seq_lens:
         kw["seq_lens"] = args.seq_lens
     cfg = NumericsConfig(
-        device=args.device,
+        device=_device(args),
         batch=args.batch or 2,
         d_model=args.d_model,
         impls=args.impls,
@@ -301,7 +355,7 @@ def cmd_numerics(args: argparse.Namespace) -> int:
         time_cap=args.time_cap,
         threads=args.threads,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         **kw,
     )
     t0 = time.perf_counter()
@@ -323,6 +377,7 @@ def cmd_numerics(args: argparse.Namespace) -> int:
 
 
 def cmd_scans(args: argparse.Namespace) -> int:
+    from harness.bench import report
     from harness.bench.scans import FAMILIES, ScansConfig, run_scans
 
     kw: dict[str, Any] = {}
@@ -333,7 +388,7 @@ def cmd_scans(args: argparse.Namespace) -> int:
     if args.neumann_ks:
         kw["neumann_ks"] = args.neumann_ks
     cfg = ScansConfig(
-        device=args.device,
+        device=_device(args),
         families=args.families or FAMILIES,
         seq_lens=args.seq_lens,
         chunk_size=args.chunk_size,
@@ -343,7 +398,7 @@ def cmd_scans(args: argparse.Namespace) -> int:
         threads=args.threads,
         clock=args.clock,
         force=args.force,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         **kw,
     )
     t0 = time.perf_counter()
@@ -353,27 +408,15 @@ def cmd_scans(args: argparse.Namespace) -> int:
     return 1 if any(r.get("status") == "error" for r in rows) else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="mixer-harness microbenchmarks")
-    sub = parser.add_subparsers(dest="command", metavar="bench")
-    sub.required = True
-    add_bench_commands(sub)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m harness.bench.cli throughput ...``: ``harness bench ...`` (a leading ``bench`` is
+    optional), through the one CLI and its error policy (``harness.cli.main``)."""
+    from harness.cli import main as harness_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("bench", "-h", "--help"):
+    if not argv or argv[0] != "bench":
         argv = ["bench", *argv]
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (RegistryError, ValueError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted; finished measurements are stored and will be reused", file=sys.stderr)
-        return 130
+    return harness_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,10 +22,11 @@ from harness.bench.measure import fit_exponent
 from harness.bench.numerics import METHOD_VERSION as NUM_VERSION
 from harness.bench.throughput import METHOD_VERSION as TPUT_VERSION
 from harness.environment import device_name as current_device_name
+from harness.options import BENCH_FORMATS
 from harness.registry import RegistryError, get_candidate
 from harness.results import RecordStore, dumps_strict
 
-FORMATS = ("table", "markdown", "csv", "json")
+FORMATS = BENCH_FORMATS
 
 
 def _f(x: Any, spec: str) -> str:

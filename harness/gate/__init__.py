@@ -27,8 +27,11 @@ form's worktree and workers), ``baseline`` (baseline files), ``verdicts`` (the j
 
 from __future__ import annotations
 
+from harness.errors import CommandFailed
+
 PASS, REGRESSION, ERROR = 0, 1, 2
 
 
-class GateError(Exception):
-    """The gate could not run (no baseline, bad arguments, a worker died): exit code 2."""
+class GateError(CommandFailed):
+    """The gate could not run (no baseline, bad arguments, a worker died): exit code 2, since the
+    gate's parser sets ``failure_exit=2`` (its exit 1 is a regression)."""

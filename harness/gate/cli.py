@@ -1,33 +1,25 @@
-"""The ``harness gate`` command: arguments, the two forms (baseline, A/B), exit codes."""
+"""The ``harness gate`` command: arguments, the two forms (baseline, A/B), exit codes.
+
+Light (the parser is built for every ``harness`` command): the measuring and judging modules are
+imported when the gate runs. Errors go through ``harness.cli.main``'s one policy; the gate's parser
+sets ``failure_exit=2``, so anything that keeps the gate from a verdict is exit 2, never 1.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.environment import REPO_ROOT
+from harness import options, validate
 from harness.gate import ERROR, PASS, GateError
-from harness.gate.ab import measure_ab
-from harness.gate.baseline import (
-    base_speed_samples,
-    baseline_path,
-    check_comparable,
-    load_baseline,
-    make_baseline,
-)
-from harness.gate.render import GateResult, render
-from harness.gate.settings import CANDIDATES, TASKS, QualitySettings, SpeedSettings
-from harness.gate.verdicts import DEFAULTS, Thresholds, judge_sides
-from harness.gate.worker import measure_here
-from harness.results import atomic_write_json
-from harness.worktree import GitError, rev_parse
+from harness.gate.settings import CANDIDATES, TASKS, QualitySettings, SpeedSettings, Thresholds
 
 DEFAULT_SAMPLES = 20
+_DEFAULT_SPEED = SpeedSettings()
 
 
 def _names(text: str | None) -> list[str]:
@@ -55,10 +47,24 @@ def _thresholds(args: argparse.Namespace) -> Thresholds:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from harness.environment import REPO_ROOT
+    from harness.gate.ab import measure_ab
+    from harness.gate.baseline import (
+        base_speed_samples,
+        baseline_path,
+        check_comparable,
+        load_baseline,
+        make_baseline,
+    )
+    from harness.gate.render import GateResult, render
+    from harness.gate.verdicts import judge_sides
+    from harness.gate.worker import measure_here
     from harness.machine import detect
+    from harness.results import atomic_write_json
+    from harness.worktree import GitError, rev_parse
 
     t0 = time.perf_counter()
-    info = detect(args.device)
+    info = detect(validate.check_device(args.device))
     machine = args.machine or info.name
     do_quality, do_speed = not args.skip_quality, not args.skip_speed
     results_dir = Path(args.results_dir)
@@ -131,24 +137,33 @@ def _emit(args: argparse.Namespace, text: str) -> None:
     print(text)
 
 
-def _guarded(fn):
-    """Errors of the gate itself are exit code 2 with one line on stderr (never confused with 1)."""
-
-    @functools.wraps(fn)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args))
-        except (GateError, GitError, ValueError, KeyError, OSError) as e:
-            print(f"harness gate: error: {e}", file=sys.stderr)
-            return ERROR
-
-    return run
+def add_threshold_options(p: argparse.ArgumentParser, tolerance: str) -> None:
+    """``--factor``, ``--alpha``, ``--tolerance``: the judge's thresholds (gate, history compare)."""
+    t = Thresholds()
+    p.add_argument(
+        "--factor",
+        type=validate.positive_number,
+        default=t.factor,
+        help=f"the change of a time (ratio of medians) that counts (default {t.factor})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=validate.positive_number,
+        default=t.alpha,
+        help=f"significance level of the Mann-Whitney U test on speed samples (default {t.alpha})",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=validate.number_at_least(0.0),
+        default=t.tolerance,
+        help=f"{tolerance} (default {t.tolerance})",
+    )
 
 
 def add_gate_command(subparsers: Any) -> argparse.ArgumentParser:
     import harness.gate
 
-    t = DEFAULTS
+    speed = _DEFAULT_SPEED
     p = subparsers.add_parser(
         "gate",
         help="regression gate: quality and speed vs a committed baseline or a base commit (exit 0/1/2)",
@@ -157,54 +172,54 @@ def add_gate_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--base", help="A/B: compare with this commit (checked out in a temporary worktree)")
     p.add_argument("--baseline", help="baseline file (default: results/baselines/<machine class>.json)")
     p.add_argument("--update-baseline", action="store_true", help="measure and write the baseline")
-    p.add_argument(
-        "--candidates", help=f"comma-separated (default: the baseline's, else {','.join(CANDIDATES)})"
+    options.add_list(
+        p, "--candidates", help=f"candidate names (default: the baseline's, else {','.join(CANDIDATES)})"
     )
-    p.add_argument(
-        "--tasks", help=f"comma-separated quality tasks (default: the baseline's, else {','.join(TASKS)})"
-    )
+    options.add_list(p, "--tasks", help=f"quality tasks (default: the baseline's, else {','.join(TASKS)})")
     p.add_argument(
         "--samples",
-        type=int,
+        type=validate.int_at_least(1),
         default=DEFAULT_SAMPLES,
         help=f"speed samples per candidate (default {DEFAULT_SAMPLES})",
     )
+    add_threshold_options(p, "allowed drop of a quality run's test accuracy")
     p.add_argument(
-        "--factor", type=float, default=t.factor, help=f"slowdown that counts (default {t.factor})"
+        "--steps",
+        type=validate.int_at_least(1),
+        help="training steps of the quality runs (changes the settings)",
     )
-    p.add_argument("--alpha", type=float, default=t.alpha, help=f"significance level (default {t.alpha})")
-    p.add_argument(
-        "--tolerance",
-        type=float,
-        default=t.tolerance,
-        help=f"allowed accuracy drop (default {t.tolerance})",
-    )
-    p.add_argument("--steps", type=int, help="training steps of the quality runs (changes the settings)")
-    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--seq-len", dest="seq_len", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--d-model", dest="d_model", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--reps", type=int, help=argparse.SUPPRESS)
+    for flag, dest, what in (
+        ("--batch", "batch", "batch size"),
+        ("--seq-len", "seq_len", "sequence length"),
+        ("--d-model", "d_model", "model width"),
+        ("--reps", "reps", "one-call repetitions per sample, the fastest counting"),
+    ):
+        p.add_argument(
+            flag,
+            dest=dest,
+            type=validate.int_at_least(1),
+            help=f"speed measurement: {what} (default: the baseline's, else {getattr(speed, dest)}; "
+            "changes the settings)",
+        )
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--skip-speed", action="store_true", help="quality only")
-    p.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda", "auto"], help="speed device (default cpu)"
-    )
-    p.add_argument("--machine", help="machine class (default: detected)")
-    p.add_argument(
-        "--results-dir", default="results", help="where results/baselines/ lives (default ./results)"
-    )
-    p.add_argument("--format", default="table", choices=["table", "markdown", "json"])
-    p.add_argument("--output", help="also write the report to this file")
-    p.set_defaults(func=_guarded(cmd_gate))
+    options.add_device(p, auto=True, index=False, what="the device of the speed measurement")
+    p.add_argument("--machine", help="machine class name (default: the detected machine class)")
+    options.add_results_dir(p, "where baselines/ lives")
+    options.add_format(p, ["table", "markdown", "json"])
+    options.add_output(p, "also write the report to this file")
+    p.set_defaults(func=cmd_gate, failure_exit=ERROR)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="harness")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_gate_command(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """``python -m harness.gate.cli ...``: ``harness gate ...`` through the one CLI (``harness.cli.main``)."""
+    from harness.cli import main as harness_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "gate":
+        argv = ["gate", *argv]
+    return harness_main(argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""What the gate measures, defined once: the quality set and the settings of both measurements.
+"""What the gate measures, defined once: the quality set, the settings of both measurements and the
+thresholds of the judge (``verdicts``).
 
 The quality set — a few candidates trained briefly and deterministically on one task — is also the
 asv suite's quality history (``benchmarks/bench_quality.py``), so the gate and the history watch the
@@ -57,3 +58,12 @@ class QualitySettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What counts as a regression (``verdicts.judge``)."""
+
+    factor: float = 1.3  # speed and value: the change (ratio of medians) that counts
+    alpha: float = 0.01  # speed: significance level of the one-sided Mann-Whitney U test
+    tolerance: float = 0.02  # quality: the absolute change of a score that counts

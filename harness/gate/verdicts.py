@@ -30,16 +30,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
+from harness.gate.settings import Thresholds
+
 SPEED, QUALITY, VALUE = "speed", "quality", "value"
 KINDS = (SPEED, QUALITY, VALUE)
 REGRESSIONS = ("slower", "worse", "failed")
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    factor: float = 1.3  # speed and value: the change (ratio of medians) that counts
-    alpha: float = 0.01  # speed: significance level of the one-sided Mann-Whitney U test
-    tolerance: float = 0.02  # quality: the absolute change of a score that counts
 
 
 DEFAULTS = Thresholds()

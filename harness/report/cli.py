@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from harness.tiers import TIERS
+from harness import options, validate
 
 
 def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,16 +21,16 @@ def add_report_command(subparsers: Any) -> argparse.ArgumentParser:
             "figure also as SVG and PNG under figures/. Opens from file:// with no network."
         ),
     )
-    p.add_argument(
-        "--group", action="append", help="a group to report (repeatable; default: every group with records)"
-    )
-    p.add_argument("--tier", default="quick", choices=sorted(TIERS))
-    p.add_argument("--output", help="the site's folder (default <results-dir>/report)")
-    p.add_argument("--results-dir", default="results", help="where records live (default ./results)")
-    p.add_argument(
+    options.add_list(p, "--group", help="groups to report (default: every group with records)")
+    options.add_tier(p, "the tier whose records are reported")
+    p.add_argument("--output", metavar="DIR", help="the site's folder (default <results-dir>/report)")
+    options.add_results_dir(p)
+    options.add_list(
+        p,
         "--baselines",
-        default="softmax,diagonal",
-        help="candidates shown on every group page, as compare adds them (default softmax,diagonal)",
+        default=options.DEFAULT_BASELINES,
+        help="candidates shown on every group page, as compare adds them "
+        f"(default {options.DEFAULT_BASELINES}; '' for none)",
     )
     p.add_argument(
         "--all-versions",
@@ -46,9 +46,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report.site import build_report
 
     t0 = time.perf_counter()
-    baselines = tuple(n.strip() for n in (args.baselines or "").split(",") if n.strip())
+    baselines = tuple(validate.name_list("--baselines", args.baselines, allow_empty=True))
+    group_names = validate.name_list("--group", args.group) or None
     report = build_report(
-        args.results_dir, args.output, args.tier, args.group, args.all_versions, baselines=baselines
+        args.results_dir, args.output, args.tier, group_names, args.all_versions, baselines=baselines
     )
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -21,11 +21,12 @@ from typing import Any
 import pandas as pd
 
 from harness import leaderboard as lb
+from harness.options import DEFAULT_BASELINES as _BASELINES_TEXT
 from harness.registry import RegistryError, get_candidate, groups
 from harness.results import CorruptRecord, RecordStore
 from harness.variants import base_name
 
-DEFAULT_BASELINES = ("softmax", "diagonal")
+DEFAULT_BASELINES = tuple(_BASELINES_TEXT.split(","))
 #: the task of the recall-vs-state figure, and the accuracy its marker asks for
 RECALL_TASK = "mqar"
 RECALL_LEVEL = 0.9
