@@ -277,7 +277,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.sweep import plan, run_sweep
 
     store = _store(args, then="; its run is redone")
-    device = validate.check_device(args.device)
+    device = validate.check_device(args.device, local=args.executor == "local")
     hparams = parse_sets(args.set, "--set")
     task_sets = parse_sets(args.task_set, "--task-set")
     train_sets = _check_run_inputs(
@@ -299,8 +299,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         train_overrides=train_sets,
         device=device,
     )
-    res = run_sweep(runs, store, force=args.force, progress=not args.quiet)
-    if res.nonconforming:
+    options = validate.check_executor(
+        args.executor, device, args.address, args.cpus_per_run, args.gpus_per_run
+    )
+    res = run_sweep(
+        runs,
+        store,
+        force=args.force,
+        progress=not args.quiet,
+        executor=args.executor,
+        executor_options=options,
+        retries=args.retries,
+    )
+    if res.nonconforming or res.skipped:
         return 1
     for rec in sorted(res.records, key=lambda r: (r["seed"], r["lr"])):
         print(dumps_strict(_summary(rec), indent=2) if args.format == "json" else _summary_line(rec))
@@ -351,7 +362,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     store = _store(args, then="; its run is redone")
     validate.check_output_file(args.output)
-    device = validate.check_device(args.device)
+    device = validate.check_device(args.device, local=args.executor == "local")
+    options = validate.check_executor(
+        args.executor, device, args.address, args.cpus_per_run, args.gpus_per_run
+    )
     candidates = _swept(args, _compare_candidates(args))
     tasks = _tasks_arg(args)
     task_sets = parse_sets(args.task_set, "--task-set")
@@ -379,12 +393,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else default_jobs()
     _seed_from_snapshot(args)
-    res = run_sweep(runs, store, force=args.force, progress=not args.quiet, jobs=jobs)
+    res = run_sweep(
+        runs,
+        store,
+        force=args.force,
+        progress=not args.quiet,
+        jobs=jobs,
+        executor=args.executor,
+        executor_options=options,
+        retries=args.retries,
+    )
     took = time.perf_counter() - t0
+    candidates = [c for c in candidates if c not in res.skipped]
     print(
         f"{res.ran + res.reused} runs: {res.ran} trained, {res.reused} reused from {store.runs}; "
         f"{len(res.failed)} failed, {sum(r.get('status') == 'diverged' for r in res.records)} diverged "
-        f"(new and reused); {took:.1f} s",
+        f"(new and reused); {took:.1f} s"
+        + (
+            f"; {res.from_other_sweeps} written by another sweep on this store"
+            if res.from_other_sweeps
+            else ""
+        ),
         file=sys.stderr,
     )
     title = _title(args.group or "compare", args.tier, look=args.look)
@@ -393,7 +422,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for rec in res.failed:
         print(f"failed: {rec['candidate']} on {rec['task']}: {rec['error']}", file=sys.stderr)
     _report_hint(args)
-    return 1 if res.failed or res.nonconforming else 0
+    return 1 if res.failed or res.nonconforming or res.skipped else 0
 
 
 def _look_lr(tier: str, tasks: list[str]) -> float:
@@ -647,6 +676,35 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _add_executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where runs execute, and what a failed run gets (``harness.executors``, ``harness.sweep``)."""
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="local: worker processes on this machine (default); ray: Ray tasks on a cluster",
+    )
+    p.add_argument(
+        "--address", help="with --executor ray: the cluster to join (auto, or host:port; default: start one)"
+    )
+    p.add_argument(
+        "--cpus-per-run",
+        type=validate.positive_number,
+        help="with --executor ray: CPUs each run reserves (default 1; runs are single-threaded)",
+    )
+    p.add_argument(
+        "--gpus-per-run",
+        type=validate.fraction_or_count,
+        help="with --executor ray: GPUs each run reserves, fractions share one (default 1 with --device cuda)",
+    )
+    p.add_argument(
+        "--retries",
+        type=validate.int_at_least(0),
+        default=1,
+        help="times a stored failed run is tried again by later sweeps before it is left failed (default 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness",
@@ -677,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_device(p, what="the device to train on")
     p.add_argument("--force", action="store_true", help="rerun even if a record exists")
     options.add_quiet(p)
+    _add_executor_flags(p)
     _add_common(p, ["table", "json"])
     p.set_defaults(func=cmd_run, on_interrupt="finished runs are stored and will be reused")
 
@@ -751,8 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "--jobs",
                 type=validate.int_at_least(1),
                 default=None,
-                help="runs in parallel (default: one per CPU core; each run uses 1 thread)",
+                help="runs in parallel (default: one per CPU core; each run uses 1 thread); with --executor "
+                "ray and no --address, the CPUs of the local Ray cluster",
             )
+            _add_executor_flags(p)
             p.set_defaults(func=cmd_compare, on_interrupt="finished runs are stored and will be reused")
         else:
             p.add_argument(

@@ -11,6 +11,7 @@ chunks and a ragged last one).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import traceback
 from collections.abc import Callable
@@ -70,16 +71,32 @@ class Skipped(Exception):
     pass
 
 
+#: where the checks run: CPU (the default, and what the gate before training uses) or a CUDA
+#: device (``check_candidate(..., device="cuda")``: the same checks, float64 included, on the GPU)
+_DEVICE = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_device(device: str | torch.device):
+    """Run the checks inside the block on ``device`` (modules and inputs are moved there)."""
+    global _DEVICE
+    previous, _DEVICE = _DEVICE, torch.device(device)
+    try:
+        yield
+    finally:
+        _DEVICE = previous
+
+
 def build(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> Mixer:
     spec = get_candidate(name)
     overrides = {"chunk_size": 16} if "chunk_size" in spec.hparam_defaults else {}
     torch.manual_seed(seed)
-    return spec.build(D, **overrides).to(dtype)
+    return spec.build(D, **overrides).to(device=_DEVICE, dtype=dtype)
 
 
 def inputs(dtype: torch.dtype = torch.float64, t: int = T, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, t, D, generator=g, dtype=torch.float64).to(dtype)
+    return torch.randn(B, t, D, generator=g, dtype=torch.float64).to(device=_DEVICE, dtype=dtype)
 
 
 def _worst_position(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int]:
@@ -155,7 +172,7 @@ def _forms_agree(name: str) -> tuple[str, float]:
 def _gradients_agree(name: str) -> tuple[str, float]:
     m = build(name)
     x = inputs()
-    cot = torch.randn(B, T, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cot = torch.randn(B, T, D, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(_DEVICE)
 
     def grads(form: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         m.zero_grad(set_to_none=True)
@@ -261,7 +278,10 @@ def _state_measured(name: str) -> str:
 
 def _shape_errors(name: str) -> str:
     m = build(name, torch.float32)
-    for bad, words in ((torch.zeros(B, T, D + 1), "d_model"), (torch.zeros(T, D), "batch, time, d_model")):
+    for bad, words in (
+        (torch.zeros(B, T, D + 1, device=_DEVICE), "d_model"),
+        (torch.zeros(T, D, device=_DEVICE), "batch, time, d_model"),
+    ):
         try:
             m(bad)
         except ValueError as e:
@@ -310,17 +330,21 @@ def run_check(name: str, check: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_D
         )
 
 
-def check_candidate(name: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES) -> list[CheckResult]:
-    """Every check on one registered name, in order; after a failed build the rest are skipped."""
+def check_candidate(
+    name: str, dtypes: tuple[torch.dtype, ...] = DEFAULT_DTYPES, device: str = "cpu"
+) -> list[CheckResult]:
+    """Every check on one registered name, in order; after a failed build the rest are skipped.
+    ``device``: where they run (default CPU; ``cuda`` runs the same checks on the GPU)."""
     spec = get_candidate(name)
     if spec.needs_cuda and not torch.cuda.is_available():
         return [CheckResult(c, "skipped", "needs CUDA; this machine has none") for c in CHECK_NAMES]
     results: list[CheckResult] = []
-    for check in CHECK_NAMES:
-        if results and results[0].status == "fail":
-            results.append(CheckResult(check, "skipped", "the candidate does not build"))
-        else:
-            results.append(run_check(name, check, dtypes))
+    with on_device(device):
+        for check in CHECK_NAMES:
+            if results and results[0].status == "fail":
+                results.append(CheckResult(check, "skipped", "the candidate does not build"))
+            else:
+                results.append(run_check(name, check, dtypes))
     return results
 
 

@@ -194,6 +194,20 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Crash:
+    """How the worker running a ``failed`` run died (``harness.executors``): the signal that killed
+    it or its exit code, and where (``node``: the host name; ``pid``; ``executor``)."""
+
+    node: str | None = None
+    signal: int | None = None
+    signal_name: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    executor: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
 class TrainRecord(Record):
     """A training run (``harness.train.execute``); status ``ok`` carries the scores."""
 
@@ -211,6 +225,9 @@ class TrainRecord(Record):
     steps_done: int | None = None
     steps_to_solve: int | None = None
     error: str | None = None
+    #: how many times this run has been tried (absent in older records: 1); ``--retries`` counts it
+    attempts: int | None = None
+    crash: Crash | None = None
 
     @staticmethod
     def check(data: dict[str, Any], where: str) -> None:
@@ -235,6 +252,10 @@ class TrainRecord(Record):
                     raise RecordError(f"a record of status ok needs {key!r} scores")
             if data.get("valid_score") is not None:
                 _fraction("valid_score", data["valid_score"])
+        if data.get("attempts") is not None and data["attempts"] < 1:
+            raise RecordError(f"attempts must be an integer >= 1, got {data['attempts']!r}")
+        if data.get("crash") is not None and status != "failed":
+            raise RecordError(f"a record with a 'crash' is a failed run, not status {status!r}")
 
 
 @dataclass(frozen=True)
@@ -454,6 +475,24 @@ class RecordStore:
             for p in folder.iterdir()
             if ".corrupt" in p.name
         )
+
+    def remove_stale_temporaries(self, older_than: float = 60.0) -> list[Path]:
+        """Delete the temporary files of writes that were killed (``.<name>.json.*.tmp``) older than
+        ``older_than`` seconds (a write takes milliseconds, so an older one is nobody's); the paths."""
+        import time
+
+        removed = []
+        now = time.time()
+        for path in self.stray_files():
+            if not path.name.endswith(".tmp"):
+                continue
+            try:
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:  # gone already (another sweep cleaned it), or not ours to delete
+                pass
+        return removed
 
     def stray_files(self) -> list[Path]:
         """Temporary files of writes that were killed (``.<name>.json.*.tmp``) and files out of place."""

@@ -10,9 +10,16 @@ schemes:
 Follow-up runs are scheduled the moment a cell's selection runs are done, so the workers never wait
 for the whole grid.
 
-Finished records (status ok or diverged) are reused; a run that failed (raised) is retried on the
-next sweep, since a crash says nothing about the candidate's quality. Each record is written the
-moment its run ends, so an interrupted sweep resumes where it stopped.
+Finished records (status ok or diverged) are reused. A run that failed (it raised, or its worker
+died: a signal, an OOM kill, a segfault) is a ``failed`` record; the next sweep tries it again, up
+to ``retries`` times (default 1), counted in the record's ``attempts``, and then leaves it failed, so
+one bad candidate never blocks a sweep. Each record is written the moment its run ends, so an
+interrupted sweep resumes where it stopped.
+
+Where runs execute is an executor's business (``harness.executors``: this process, local worker
+processes, or Ray tasks); the loop here keeps as many runs in flight as the executor can hold,
+longest first, and writes every record itself. A per-run lock (``harness.locks``) keeps two sweeps
+on one store from training the same run at the same time: the second reuses the first's record.
 
 Runs are single-threaded (see ``harness.training.TRAIN_THREADS``), so ``jobs`` worker processes use
 ``jobs`` cores and a run's result does not depend on how many ran beside it.
@@ -22,23 +29,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from harness.locks import RunLocks, release
 from harness.progress import progress_bar
 from harness.results import RecordStore
 from harness.scoring import choose_rate
-from harness.train import ResolvedRun, RunSpec, execute, resolve, task_tier
+from harness.train import ResolvedRun, RunSpec, execute, failed_record, resolve, task_tier
 from harness.variants import canonical_name
 
 REUSABLE = ("ok", "diverged")
 SCHEMES = ("first-seed", "grid")
+#: seconds between looks at runs another sweep on the same store holds
+LOCK_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,10 @@ class SweepResult:
     reused: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
     nonconforming: dict[str, dict[str, Any]] = field(default_factory=dict)  # candidate -> its verdict
+    skipped: dict[str, str] = field(default_factory=dict)  # candidate -> why it cannot run here
+    left_failed: int = 0  # stored failed runs not tried again (their retries are spent)
+    waited: int = 0  # runs found locked by another sweep on the store
+    from_other_sweeps: int = 0  # ... whose records that sweep wrote, reused here
 
 
 def current_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
@@ -167,33 +179,11 @@ class WorkerDied(RuntimeError):
         )
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux, ask for SIGTERM when the sweep's process dies, so a killed
-    sweep leaves no orphan trainers behind (their unfinished runs would be lost anyway). Ctrl-C is
-    the driver's to handle (it stops the workers), so a worker prints nothing of its own."""
-    import signal
+def canonical_key(name: str) -> str:
+    """A file-name-safe key for a candidate name (variant labels hold brackets, commas, ...)."""
+    import hashlib
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6").prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Cancel what has not started and terminate the workers (their runs are lost, not recorded)."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
-
-
-def _execute_spec(spec: RunSpec) -> dict[str, Any]:
-    """Worker entry point: resolve in the worker (plug-ins load there too) and train."""
-    return execute(resolve(spec))
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def budget_tokens(run: ResolvedRun) -> int:
@@ -256,49 +246,29 @@ class _Cells:
         return out
 
 
-def _run_all(queue: _Queue, jobs: int, on_record) -> Iterator[dict[str, Any]]:
-    """Execute queued runs (``jobs`` at a time); ``on_record`` may queue follow-ups."""
-    if jobs <= 1:
-        while len(queue):
-            record = execute(queue.pop())
-            on_record(record)
-            yield record
-        return
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
-        pending: dict[Future, RunSpec] = {}
-        try:
-            while len(queue) or pending:
-                while len(queue) and len(pending) < jobs:
-                    spec = queue.pop().spec
-                    pending[pool.submit(_execute_spec, spec)] = spec
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: f.exception() is not None):  # results first
-                    spec = pending.pop(fut)
-                    try:
-                        record = fut.result()
-                    except BrokenProcessPool:
-                        raise WorkerDied([spec, *pending.values()]) from None
-                    on_record(record)
-                    yield record
-        except BaseException:  # interrupted, a worker died, or a record could not be written
-            _stop_workers(pool)
-            raise
-
-
 def gate_conformance(
-    cells: list[CellPlan], store: RecordStore, result: SweepResult, progress: bool, isolated: bool = False
+    cells: list[CellPlan],
+    store: RecordStore,
+    result: SweepResult,
+    progress: bool,
+    isolated: bool = False,
+    locks: RunLocks | None = None,
 ) -> list[CellPlan]:
     """The cells of candidates that conform (``harness.conformance``, checked once per candidate
     source hash and stored); the others are noted in ``result.nonconforming`` and never trained.
-    ``isolated`` checks in a child process, as parallel sweeps train in worker processes."""
+    ``isolated`` checks in a child process, as parallel sweeps train in worker processes. With
+    ``locks``, a candidate another sweep is checking is waited for, and its verdict reused."""
     from harness.conformance import conformance_record
 
     verdicts = {}
     for name in dict.fromkeys(c.base.candidate for c in cells):
         if progress:
             print(f"conformance: {name} ...", end="\r", file=sys.stderr, flush=True)
-        verdicts[name] = conformance_record(name, store, isolated=isolated)
+        lock = locks.hold("conformance", canonical_key(name)) if locks is not None else None
+        try:
+            verdicts[name] = conformance_record(name, store, isolated=isolated)
+        finally:
+            release(lock)
         if verdicts[name]["status"] != "conforms":
             result.nonconforming[name] = verdicts[name]
             first = next((r for r in verdicts[name]["results"] if r["status"] == "fail"), {})
@@ -310,6 +280,45 @@ def gate_conformance(
     return [c for c in cells if c.base.candidate not in result.nonconforming]
 
 
+def _attempts(record: dict[str, Any] | None) -> int:
+    """How often a stored run was tried: its ``attempts`` (records from before the field: 1)."""
+    if record is None:
+        return 0
+    return int(record.get("attempts") or 1)
+
+
+def is_final(record: dict[str, Any], retries: int) -> bool:
+    """A stored record a sweep takes as it is: a verdict (ok, diverged), or a failure tried
+    ``retries`` times beyond the first (then one bad candidate no longer holds the sweep up)."""
+    status = record.get("status")
+    return status in REUSABLE or (status == "failed" and _attempts(record) > retries)
+
+
+def _changed(now: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:
+    """Whether the store holds a record written since ``before`` was read (by another sweep)."""
+    if now is None:
+        return False
+    if before is None:
+        return True
+    return (now.get("finished"), now.get("attempts")) != (before.get("finished"), before.get("attempts"))
+
+
+def skip_unrunnable(cells: list[CellPlan], result: SweepResult) -> list[CellPlan]:
+    """Leave out the cells of candidates that need CUDA when the sweep runs on CPU (with the reason)."""
+    from harness.registry import get_candidate
+
+    kept = []
+    for cell in cells:
+        name = cell.base.candidate
+        if cell.base.device.startswith("cpu") and get_candidate(name).needs_cuda:
+            if name not in result.skipped:
+                result.skipped[name] = "needs CUDA; run it with --device cuda on a machine with a GPU"
+                print(f"SKIPPED {name}: {result.skipped[name]}", file=sys.stderr)
+            continue
+        kept.append(cell)
+    return kept
+
+
 def run_sweep(
     cells: list[CellPlan],
     store: RecordStore,
@@ -317,15 +326,41 @@ def run_sweep(
     progress: bool = True,
     jobs: int = 1,
     check: bool = True,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
+    retries: int = 1,
 ) -> SweepResult:
-    """Run every cell's missing runs; with ``check`` (the default) only candidates that conform."""
+    """Run every cell's missing runs; with ``check`` (the default) only candidates that conform.
+
+    ``executor``: ``local`` (``jobs`` supervised worker processes; one job runs in this process) or
+    ``ray`` (``executor_options``: ``address``, ``cpus_per_run``, ``gpus_per_run``; see
+    ``harness.executors``). A run whose worker died is a ``failed`` record with the signal or exit
+    code and the node. A stored failed run is tried again up to ``retries`` times (counted in its
+    record's ``attempts``), then left failed. Each run is locked in the store while it trains
+    (``harness.locks``): a second sweep on the same store reuses its record instead of training it too.
+    """
+    from harness.executors import make_executor
+
     result = SweepResult()
+    store.remove_stale_temporaries()
+    locks = RunLocks(store.root)
+    isolated = executor != "local" or jobs > 1
+    cells = skip_unrunnable(cells, result)
     if check:
-        cells = gate_conformance(cells, store, result, progress, isolated=jobs > 1)
+        cells = gate_conformance(cells, store, result, progress, isolated=isolated, locks=locks)
     tracker = _Cells(cells)
     queue = _Queue()
     seen: set[str] = set()
+    before: dict[str, dict[str, Any] | None] = {}  # run id -> its stored record when it was queued
     total = sum(cell.n_runs for cell in cells)
+
+    def reuse(record: dict[str, Any]) -> list[ResolvedRun]:
+        result.records.append(record)
+        result.reused += 1
+        if record.get("status") == "failed":
+            result.failed.append(record)
+            result.left_failed += 1
+        return tracker.record_done(record)
 
     def offer(runs: list[ResolvedRun]) -> None:
         """Reuse what is stored (following up at once), queue the rest."""
@@ -335,47 +370,122 @@ def run_sweep(
             if run.run_id in seen:
                 continue
             seen.add(run.run_id)
-            existing = None if force else store.get("train", run.run_id)
-            if existing is not None and existing.get("status") in REUSABLE:
-                result.records.append(existing)
-                result.reused += 1
-                todo.extend(tracker.record_done(existing))
+            existing = store.get("train", run.run_id)
+            if existing is not None and not force and is_final(existing, retries):
+                todo.extend(reuse(existing))
             else:
+                before[run.run_id] = existing
                 queue.push(run)
 
     offer(tracker.selection)
     if progress and result.reused:
         print(f"{result.reused} of {total} runs reused from {store.runs}", file=sys.stderr)
-    bar = progress_bar(
-        max(total - result.reused, 0), "runs", enabled=progress and bool(len(queue)), unit="run"
-    )
+    if result.left_failed:
+        print(
+            f"{result.left_failed} run(s) left failed: tried {retries + 1} time(s) already (--retries {retries}; "
+            "--force tries them again)",
+            file=sys.stderr,
+        )
+    if not len(queue):
+        return result
+    ex = make_executor(
+        executor, jobs, lambda run: execute(run), **(executor_options or {})
+    )  # a lambda: tests patch ``execute``
+    bar = progress_bar(max(total - result.reused, 0), "runs", enabled=progress, unit="run")
 
-    def on_record(record: dict[str, Any]) -> None:
-        store.save(record)
-        before = result.reused
-        offer(tracker.record_done(record))
-        if result.reused > before:  # follow-ups found stored: fewer runs left to train
-            bar.total = max(bar.total - (result.reused - before), bar.n)
+    def shrink_bar(n: int) -> None:  # runs found stored: fewer left to train
+        if n:
+            bar.total = max(bar.total - n, bar.n)
             bar.refresh()
 
+    inflight: dict[Future, tuple[ResolvedRun, Any]] = {}
+    waiting: dict[str, ResolvedRun] = {}  # runs another sweep on this store is training
+
+    def start(run: ResolvedRun) -> bool:
+        """Lock and submit ``run``, or reuse the record another sweep just wrote; False when another
+        sweep holds its lock."""
+        lock = locks.try_acquire("train", run.run_id)
+        if lock is None:
+            return False
+        now = store.get("train", run.run_id)
+        if _changed(now, before.get(run.run_id)):
+            release(lock)
+            result.from_other_sweeps += 1
+            n = result.reused
+            offer(reuse(now))
+            shrink_bar(result.reused - n)
+            return True
+        inflight[ex.submit(run)] = (run, lock)
+        return True
+
+    def finish(run: ResolvedRun, outcome) -> dict[str, Any]:
+        record = outcome.record
+        if record is None:
+            if outcome.crash is not None:
+                record = failed_record(run, outcome.describe(), crash=outcome.crash)
+            else:
+                record = failed_record(run, outcome.error or "no record came back")
+        prior = before.get(run.run_id)
+        record["attempts"] = (_attempts(prior) if prior and prior.get("status") == "failed" else 0) + 1
+        return record
+
+    interrupted = True
     try:
-        for record in _run_all(queue, jobs, on_record):
-            bar.set_postfix_str(
-                f"last: {record['candidate']} / {record['task']} / seed {record['seed']}", False
-            )
-            bar.update(1)
-            result.records.append(record)
-            result.ran += 1
-            if record["status"] == "failed":
-                result.failed.append(record)
-                bar.write(
-                    f"FAILED {record['candidate']} on {record['task']}: {record['error']}", file=sys.stderr
+        while len(queue) or inflight or waiting:
+            for run_id, run in list(waiting.items()):
+                if len(inflight) >= ex.capacity():
+                    break
+                if start(run):
+                    del waiting[run_id]
+            while len(queue) and len(inflight) < ex.capacity():
+                run = queue.pop()
+                if not start(run):
+                    if not waiting and not result.waited:
+                        bar.write(
+                            "another sweep on this store is training some of these runs: this one trains "
+                            "the others and reuses their records",
+                            file=sys.stderr,
+                        )
+                    waiting[run.run_id] = run
+                    result.waited += 1
+            if not inflight:
+                if waiting:
+                    time.sleep(LOCK_POLL_S)
+                continue
+            done, _ = wait(inflight, timeout=LOCK_POLL_S if waiting else None, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run, lock = inflight.pop(fut)
+                try:
+                    record = finish(run, fut.result())
+                    store.save(record)
+                finally:
+                    release(lock)
+                n = result.reused
+                offer(tracker.record_done(record))
+                shrink_bar(result.reused - n)
+                bar.set_postfix_str(
+                    f"last: {record['candidate']} / {record['task']} / seed {record['seed']}", False
                 )
-            elif record["status"] == "diverged":
-                bar.write(
-                    f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})",
-                    file=sys.stderr,
-                )
+                bar.update(1)
+                result.records.append(record)
+                result.ran += 1
+                if record["status"] == "failed":
+                    result.failed.append(record)
+                    tries = f" (attempt {record['attempts']} of {retries + 1})" if retries else ""
+                    bar.write(
+                        f"FAILED {record['candidate']} on {record['task']} (seed {record['seed']}, lr "
+                        f"{record['lr']:g}): {record['error']}{tries}",
+                        file=sys.stderr,
+                    )
+                elif record["status"] == "diverged":
+                    bar.write(
+                        f"diverged: {record['candidate']} on {record['task']} (lr {record['lr']:g})",
+                        file=sys.stderr,
+                    )
+        interrupted = False
     finally:  # the bar is done before anyone reports an interruption: nothing is drawn after it
+        ex.close(cancel=interrupted)
+        for _, lock in inflight.values():
+            release(lock)
         bar.close()
     return result

@@ -96,10 +96,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     return ResolvedRun(spec, tier, task, hparams, lr, identity, run_id_for(identity))
 
 
-def execute(run: ResolvedRun) -> dict[str, Any]:
-    """Train to a verdict and evaluate; always returns a record (status ok, diverged or failed)."""
-    spec, tier, task = run.spec, run.tier, run.task
-    record: dict[str, Any] = {
+def record_header(run: ResolvedRun) -> dict[str, Any]:
+    """The fields every training record starts with: what the run is, and where it ran."""
+    spec = run.spec
+    return {
         "kind": "train",
         "run_id": run.run_id,
         "identity": run.identity,
@@ -111,6 +111,20 @@ def execute(run: ResolvedRun) -> dict[str, Any]:
         "environment": {**environment(spec.device), "threads": TRAIN_THREADS},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def failed_record(run: ResolvedRun, error: str, **extra: Any) -> dict[str, Any]:
+    """A ``failed`` record of a run that produced none itself: its worker died (``crash``: signal or
+    exit code, node), or could not run it. Written by the driver, from what it knows of the run."""
+    record = record_header(run)
+    record.update(status="failed", error=error, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra)
+    return record
+
+
+def execute(run: ResolvedRun) -> dict[str, Any]:
+    """Train to a verdict and evaluate; always returns a record (status ok, diverged or failed)."""
+    spec, tier, task = run.spec, run.tier, run.task
+    record = record_header(run)
     tune_allocator()
     t0, cpu0 = time.perf_counter(), time.process_time()
     previous_threads = torch.get_num_threads()

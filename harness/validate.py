@@ -533,9 +533,10 @@ def device_arg(auto: bool = False, index: bool = True) -> Callable[[str], str]:
     return parse
 
 
-def check_device(text: str, flag: str = "--device") -> str:
+def check_device(text: str, flag: str = "--device", local: bool = True) -> str:
     """A device this machine has: ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` becomes ``cuda`` when
-    CUDA is available, else ``cpu``."""
+    CUDA is available, else ``cpu``. With ``local=False`` (runs on a Ray cluster, whose nodes have
+    the GPUs) only the form is checked: ``cpu`` or ``cuda`` (Ray gives each run its GPU as ``cuda``)."""
     import torch
 
     if text == "auto":
@@ -550,6 +551,13 @@ def check_device(text: str, flag: str = "--device") -> str:
         raise UsageError(
             f"{flag} {text!r}: the harness runs on {' or '.join(DEVICE_KINDS)}, not {dev.type!r}"
         )
+    if not local:
+        if dev.type == "cuda" and dev.index is not None:
+            raise UsageError(
+                f"{flag} {text}: with --executor ray give --device cuda; Ray gives each run its GPU(s), "
+                "which the run sees as cuda"
+            )
+        return text
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(
@@ -562,6 +570,73 @@ def check_device(text: str, flag: str = "--device") -> str:
                 f"{flag} {text}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}; closest: cuda:{n - 1}"
             )
     return text
+
+
+# -- executors --------------------------------------------------------------------------------------------
+def fraction_or_count(text: str) -> float:
+    """argparse type of ``--gpus-per-run``: 0, a fraction in (0, 1] (runs share a GPU) or a whole number."""
+    value = _parse_number(text)
+    if value < 0 or (value > 1 and not float(value).is_integer()):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not allowed; allowed: 0, a fraction in (0, 1] (e.g. 0.25: four runs share a GPU) "
+            "or a whole number of GPUs"
+        )
+    return value
+
+
+def check_executor(
+    executor: str,
+    device: str,
+    address: str | None = None,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
+) -> dict[str, Any]:
+    """``--executor`` and its flags, before anything runs; the options of ``harness.executors``.
+
+    ``--address``, ``--cpus-per-run`` and ``--gpus-per-run`` belong to ``--executor ray`` (the local
+    executor runs ``--jobs`` single-threaded runs, one per core, on the devices of this machine);
+    ``--executor ray`` needs Ray installed; a CUDA run under Ray needs a GPU share (default 1 GPU)."""
+    if executor == "local":
+        for flag, value in (
+            ("--address", address),
+            ("--cpus-per-run", cpus_per_run),
+            ("--gpus-per-run", gpus_per_run),
+        ):
+            if value is not None:
+                raise UsageError(
+                    f"{flag} {value}: only with --executor ray (the local executor runs --jobs runs at a time)"
+                )
+        return {}
+    if executor != "ray":
+        raise UsageError(f"--executor {executor!r}: allowed: local, ray")
+    from harness.executors import import_ray
+
+    import_ray()  # a UsageError saying how to install it
+    cuda = device.startswith("cuda")
+    gpus = gpus_per_run if gpus_per_run is not None else (1.0 if cuda else 0.0)
+    if cuda and gpus == 0:
+        raise UsageError(
+            f"--gpus-per-run 0 with --device {device}: a CUDA run needs a GPU share (e.g. 0.25: four runs per GPU)"
+        )
+    if not cuda and gpus > 0:
+        raise UsageError(
+            f"--gpus-per-run {gpus:g} with --device {device}: the runs would hold GPUs and train on CPU; "
+            "add --device cuda, or drop --gpus-per-run"
+        )
+    cpus = cpus_per_run if cpus_per_run is not None else 1.0
+    if not math.isfinite(cpus) or cpus <= 0:
+        raise UsageError(
+            f"--cpus-per-run {cpus:g}: allowed: a number > 0 (default 1: runs are single-threaded)"
+        )
+    options: dict[str, Any] = {"cpus_per_run": cpus, "gpus_per_run": gpus}
+    if address is not None:
+        if not address.strip():
+            raise UsageError("--address '' is empty; give a cluster address (host:port) or auto")
+        from harness.executors import connect_ray
+
+        connect_ray(address)  # a cluster that is not there is a usage error before anything runs
+        options["address"] = address
+    return options
 
 
 # -- paths -------------------------------------------------------------------------------------------------------

@@ -155,6 +155,12 @@ def add_bench_commands(subparsers: Any) -> argparse.ArgumentParser:
         help="dtypes of the stability check (default float32)",
     )
     p.add_argument(
+        "--against",
+        choices=("fla",),
+        help="fla: each harness kernel against fla's op for the same map, at the same inputs (needs the "
+        "fla extra; not stored; exit 1 when one disagrees)",
+    )
+    p.add_argument(
         "--time-cap",
         type=validate.positive_number,
         default=120.0,
@@ -293,11 +299,45 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     return 1 if any(r.get("status") == "error" for r in rows) else 0
 
 
+def cmd_against_fla(args: argparse.Namespace) -> int:
+    """``bench numerics --against fla``."""
+    import importlib.util
+
+    from harness.bench import report
+    from harness.bench.against_fla import AgainstConfig, run_against_fla, table
+
+    if importlib.util.find_spec("fla") is None:
+        raise validate.UsageError(
+            "--against fla needs fla, which is not installed: pip install 'mixer-harness[fla]' (or: pip install fla-core)"
+        )
+    validate.check_output_file(args.output)
+    kw: dict[str, Any] = {}
+    if args.seq_lens:
+        kw["seq_lens"] = args.seq_lens
+    if args.dtypes:
+        kw["dtypes"] = args.dtypes
+    cfg = AgainstConfig(device=args.device, batch=args.batch or 2, **kw)
+    t0 = time.perf_counter()
+    rows = run_against_fla(cfg)
+    _summary(rows, time.perf_counter() - t0, "numerics against fla")
+    _emit(args, report.render(table(rows), args.format, rows))
+    bad = [r for r in rows if r.get("status") != "ok"]
+    for r in bad:
+        print(
+            f"{r['pair']} T={r['T']} {r.get('impl')}: {r.get('error') or 'fla and the harness disagree'}",
+            file=sys.stderr,
+        )
+    return 1 if bad else 0
+
+
 def cmd_numerics(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness.bench import report
     from harness.bench.numerics import NumericsConfig, run_numerics
+
+    if args.against == "fla":
+        return cmd_against_fla(args)
 
     names = _selected(args)
     kw: dict[str, Any] = {}
