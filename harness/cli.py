@@ -446,7 +446,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness import leaderboard as lb
 
     validate.check_output_file(args.output)
-    _seed_from_snapshot(args)
     candidates = None
     if args.candidates is not None or args.group:
         candidates = _swept(args, _compare_candidates(args, "leaderboard"))
@@ -454,6 +453,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise CLIError("--sweep needs --group or --candidates (the candidates to sweep)")
     tasks = _tasks_arg(args)
     store = _store(args, write=False, then="; left out of the board (`harness compare` redoes its run)")
+    _seed_from_snapshot(args)  # only once every input is checked: a bad invocation writes nothing
     records, bad = store.records("train")
     records = lb.select_records(records, tier=args.tier, candidates=candidates, tasks=tasks)
     if not args.all_versions:

@@ -99,7 +99,7 @@ def test_list_group_filter(capsys):
 
 
 def test_leaderboard_without_records_is_a_clear_error(capsys, tmp_path):
-    rc, _, err = run(capsys, "leaderboard", "--results-dir", str(tmp_path))
+    rc, _, err = run(capsys, "leaderboard", "--results-dir", str(tmp_path), "--no-snapshot")
     assert rc == 2 and "no stored quick records" in err
 
 
