@@ -142,19 +142,22 @@ def learning_rate(text: str) -> float:
     return value
 
 
+def _list_items(text: str, what: str) -> list[str]:
+    """The stripped items of a comma-separated flag value; no value or an empty item is refused."""
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} (no value)")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} (an empty item)")
+    return items
+
+
 def number_list(minimum_exclusive: float | None = 0.0, what: str = "numbers") -> Callable[[str], list[float]]:
     """argparse type: comma-separated finite numbers (> ``minimum_exclusive``); empty items refused."""
 
     def parse(text: str) -> list[float]:
-        items = [x.strip() for x in text.split(",")]
-        if not any(items):
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} (no value)")
         out = []
-        for item in items:
-            if not item:
-                raise argparse.ArgumentTypeError(
-                    f"expected comma-separated {what}, got {text!r} (an empty item)"
-                )
+        for item in _list_items(text, what):
             try:
                 value = float(item)
             except ValueError:
@@ -176,15 +179,8 @@ def int_list(minimum: int = 1, what: str = "integers") -> Callable[[str], list[i
     """argparse type: comma-separated integers >= ``minimum``; empty items refused."""
 
     def parse(text: str) -> list[int]:
-        items = [x.strip() for x in text.split(",")]
-        if not any(items):
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} (no value)")
         out = []
-        for item in items:
-            if not item:
-                raise argparse.ArgumentTypeError(
-                    f"expected comma-separated {what}, got {text!r} (an empty item)"
-                )
+        for item in _list_items(text, what):
             try:
                 value = int(item)
             except ValueError:
